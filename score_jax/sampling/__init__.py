@@ -1,0 +1,185 @@
+"""Samplers for score-based models, all behind one entry point::
+
+    x, nfe = sampling.sample(key, sde, score_fn, shape=(n, d), method="pc",
+                             predictor="reverse_diffusion", corrector="langevin", snr=0.16)
+
+Each method runs its whole trajectory as one compiled call (``lax.scan`` / ``fori_loop`` /
+a diffrax loop), draws the noise of sample i from ``fold_in(key, i)``, and returns the
+samples with the number of score evaluations per sample (NFE).  Options are checked, and
+``score_fn``'s output shape compared with x's, before anything compiles; a bad value is a
+``ValueError`` naming the option.
+
+The compiled sampler is cached on (sde, score_fn, shape, method, options): pass the same
+``score_fn`` object to reuse it.  To sample from a network whose parameters change, jit a
+function of the parameters that builds ``score_fn`` inside and calls ``sample``.
+
+Methods and their options (defaults in ``METHODS[name].defaults``):
+
+* ``pc``       predictor ∈ PREDICTORS, corrector ∈ CORRECTORS, snr, n_steps (corrector
+               steps per level), num_steps, denoise
+* ``ode``      solver ∈ {tsit5, dopri5, heun}, rtol, atol, num_steps (heun), max_steps,
+               pcoeff/icoeff/dcoeff (PID controller), denoise
+* ``ald``      num_steps (noise levels), n_steps_each, step_size (ε), denoise
+* ``langevin`` num_steps, step_size, t (target time; eps if None), denoise
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import types
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from score_jax.sampling import steps
+from score_jax.sampling.langevin import ald_sample, langevin_sample
+from score_jax.sampling.ode import SOLVERS, ode_sample
+from score_jax.sampling.pc import pc_sample
+from score_jax.sampling.steps import CORRECTORS, PREDICTORS
+from score_jax.sde import SDE, ScoreFn
+
+Array = Any
+
+
+def _require(cond: bool, message: str) -> None:
+  if not cond:
+    raise ValueError(message)
+
+
+def _positive(opts: Mapping[str, Any], *names: str) -> None:
+  for name in names:
+    value = opts[name]
+    _require(value is not None and value > 0, f"sampling option {name}={value!r} must be > 0.")
+
+
+def _count(opts: Mapping[str, Any], name: str, minimum: int = 1) -> None:
+  value = opts[name]
+  _require(
+      isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+      f"sampling option {name}={value!r} must be an integer >= {minimum}.",
+  )
+
+
+def _choice(opts: Mapping[str, Any], name: str, choices) -> None:
+  _require(opts[name] in choices, f"sampling option {name}={opts[name]!r} is unknown; choose one of {sorted(choices)}.")
+
+
+def _check_pc(sde: SDE, opts: Mapping[str, Any]) -> None:
+  del sde
+  _choice(opts, "predictor", PREDICTORS)
+  _choice(opts, "corrector", CORRECTORS)
+  _require(
+      not (opts["predictor"] == "none" and opts["corrector"] == "none"),
+      "sampling options predictor='none' and corrector='none' leave the prior untouched; pick at least one.",
+  )
+  _positive(opts, "snr")
+  _count(opts, "num_steps")
+  _count(opts, "n_steps", minimum=0)
+
+
+def _check_ode(sde: SDE, opts: Mapping[str, Any]) -> None:
+  del sde
+  _choice(opts, "solver", SOLVERS)
+  _positive(opts, "rtol", "atol")
+  _count(opts, "num_steps")
+  _count(opts, "max_steps")
+
+
+def _check_ald(sde: SDE, opts: Mapping[str, Any]) -> None:
+  del sde
+  _count(opts, "num_steps")
+  _count(opts, "n_steps_each")
+  if opts["step_size"] is not None:
+    _positive(opts, "step_size")
+
+
+def _check_langevin(sde: SDE, opts: Mapping[str, Any]) -> None:
+  _count(opts, "num_steps")
+  _positive(opts, "step_size")
+  t = opts["t"]
+  _require(t is None or 0.0 < t <= sde.T, f"sampling option t={t!r} must lie in (0, T={sde.T}] (None means eps).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A sampler: ``run(key, sde, score_fn, shape, **options) -> (x, nfe)``, its default options
+  and a check of them that runs before compilation."""
+
+  run: Callable
+  defaults: Mapping[str, Any]
+  check: Callable[[SDE, Mapping[str, Any]], None]
+
+
+METHODS: dict[str, Method] = {
+    "pc": Method(pc_sample, types.MappingProxyType(dict(
+        predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1, num_steps=1000,
+        denoise=True)), _check_pc),
+    "ode": Method(ode_sample, types.MappingProxyType(dict(
+        solver="tsit5", rtol=1e-5, atol=1e-5, num_steps=100, max_steps=16384, pcoeff=0.0, icoeff=1.0,
+        dcoeff=0.0, denoise=True)), _check_ode),
+    "ald": Method(ald_sample, types.MappingProxyType(dict(
+        num_steps=100, n_steps_each=10, step_size=None, denoise=True)), _check_ald),
+    "langevin": Method(langevin_sample, types.MappingProxyType(dict(
+        num_steps=1000, step_size=1e-3, t=None, denoise=False)), _check_langevin),
+}
+
+
+def resolve_options(sde: SDE, method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+  """Fills in defaults and checks ``options`` for ``method``; raises ValueError on bad input."""
+  _require(method in METHODS, f"Unknown sampling method {method!r}; choose one of {sorted(METHODS)}.")
+  spec = METHODS[method]
+  unknown = set(options) - set(spec.defaults)
+  _require(not unknown, f"sampling method {method!r} has no option(s) {sorted(unknown)}; "
+           f"it takes {sorted(spec.defaults)}.")
+  opts = {**spec.defaults, **options}
+  spec.check(sde, opts)
+  return opts
+
+
+@functools.lru_cache(maxsize=64)
+def _check_score_fn(score_fn: ScoreFn, shape: tuple[int, ...]) -> None:
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  t = jax.ShapeDtypeStruct(shape[:1], jnp.float32)
+  try:
+    out = jax.eval_shape(score_fn, x, t)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"score_fn(x, t) failed for x of shape {shape} and t of shape {shape[:1]}: {e}") from e
+  out_shape = getattr(out, "shape", None)
+  _require(out_shape == shape,
+           f"score_fn must return the score with x's shape {shape}, but returned {out_shape}.")
+
+
+@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "method", "options"))
+def _sample_compiled(key, sde, score_fn, shape, method, options):
+  return METHODS[method].run(key, sde, score_fn, shape, **dict(options))
+
+
+def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str = "pc",
+           **options) -> tuple[Array, Any]:
+  """Draws samples of ``shape`` [B, ...] from the model defined by ``sde`` and ``score_fn``.
+
+  Args:
+    key: a PRNG key; sample i uses fold_in(key, i).
+    sde: the forward SDE (``score_jax.sde``).
+    score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``, the score ∇log p_t(x).
+    shape: the batch shape, batch first.
+    method: one of ``METHODS`` ("pc", "ode", "ald", "langevin").
+    **options: the method's options (see the module docstring).
+
+  Returns:
+    (samples [shape], nfe): nfe is the number of score evaluations per sample.
+  """
+  _require(isinstance(sde, SDE), f"sde must be an SDE from score_jax.sde, got {type(sde).__name__}.")
+  _require(callable(score_fn), "score_fn must be callable as score_fn(x, t).")
+  shape = tuple(shape)
+  _require(len(shape) >= 2 and all(isinstance(s, int) and s > 0 for s in shape),
+           f"shape must be (batch, *event) with positive integers, got {shape}.")
+  opts = resolve_options(sde, method, options)
+  _check_score_fn(score_fn, shape)
+  return _sample_compiled(key, sde, score_fn, shape, method, tuple(sorted(opts.items())))
+
+
+__all__ = ["sample", "resolve_options", "METHODS", "PREDICTORS", "CORRECTORS", "SOLVERS", "steps"]

@@ -1,0 +1,35 @@
+"""Randomness and time grids shared by the sampler drivers.
+
+Sample i of a batch draws all of its noise from ``fold_in(key, i)`` (EDM's
+StackedRandomGenerator idea), so a sample is the same whatever the batch size or the
+number of devices the batch is split over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = Any
+
+
+def per_sample_keys(key: jax.Array, n: int) -> jax.Array:
+  """Keys [n]: key_i = fold_in(key, i)."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n, dtype=jnp.uint32))
+
+
+def normal(keys: jax.Array, shape: tuple[int, ...], step: Array, dtype=jnp.float32) -> Array:
+  """Standard normal noise of ``shape`` [B, ...] whose row i comes from fold_in(keys[i], step)."""
+  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape[1:], dtype))(keys)
+
+
+def time_grid(T: float, eps: float, num_steps: int) -> Array:
+  """num_steps + 1 times from T down to eps, equally spaced."""
+  return jnp.linspace(T, eps, num_steps + 1)
+
+
+def full_t(t: Array, n: int) -> Array:
+  """A scalar time broadcast to the batch: [n]."""
+  return jnp.full((n,), t, dtype=jnp.float32)
