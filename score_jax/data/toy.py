@@ -7,11 +7,16 @@ if x(0) ~ Σ_k w_k N(μ_k, diag(σ_k²)) then
 
 so ∇log p_t is exact at every t.  That lets every sampler and loss be tested against
 ground truth, with no training noise in the way.
+
+Preset 2-D targets (``get_target(name)``): "ring8", "grid25", "moons" and "swiss_roll" are
+Gaussian mixtures, so they keep the exact perturbed score; "checkerboard" and "funnel"
+have exact samples and log-densities only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Callable
 
@@ -135,3 +140,247 @@ class GaussianMixture:
     """Index of the nearest component mean (Euclidean) for each row of x [N, D] -> [N]."""
     d2 = jnp.sum((x[:, None, :] - self.means[None]) ** 2, axis=-1)
     return jnp.argmin(d2, axis=-1)
+
+
+# --- targets without a closed-form perturbed score -----------------------------------
+class _DensityOnlyTarget:
+  """Exact samples and log-density, but p_t under an SDE has no closed form."""
+
+  def score_fn(self, sde: sde_lib.SDE) -> Callable[[Array, Array], Array]:
+    raise NotImplementedError(
+        f"{type(self).__name__} has no exact perturbed score ∇log p_t under an SDE: only "
+        "GaussianMixture targets (ring8, grid25, moons, swiss_roll) have one.  Train a score "
+        "model on its samples instead."
+    )
+
+
+def _require(cond: bool, message: str) -> None:
+  if not cond:
+    raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkerboard(_DensityOnlyTarget):
+  """Uniform density on the dark squares of a ``num_squares`` × ``num_squares`` board
+  covering [−half_width, half_width)².
+
+  Square (i, j) (column i from the left, row j from the bottom, from 0) is dark when
+  i + j is even, so the bottom-left square is dark; a 4×4 board has 8 dark squares.
+  Squares are half-open, [a, a + side) per axis, so every point has one square.
+
+  Args:
+    half_width: half the board's side length, > 0.
+    num_squares: squares per side, >= 2.
+  """
+
+  half_width: float = 4.0
+  num_squares: int = 4
+
+  def __post_init__(self):
+    _require(self.half_width > 0, f"Checkerboard.half_width must be > 0, got {self.half_width}.")
+    _require(
+        int(self.num_squares) == self.num_squares and self.num_squares >= 2,
+        f"Checkerboard.num_squares must be an integer >= 2, got {self.num_squares}.",
+    )
+
+  @property
+  def dim(self) -> int:
+    return 2
+
+  @property
+  def side(self) -> float:
+    """Side length of one square."""
+    return 2.0 * self.half_width / self.num_squares
+
+  @property
+  def dark_corners(self) -> np.ndarray:
+    """Lower-left corners [S, 2] of the dark squares."""
+    idx = [(i, j) for j in range(self.num_squares) for i in range(self.num_squares) if (i + j) % 2 == 0]
+    return np.asarray(idx, np.float32) * self.side - self.half_width
+
+  @property
+  def log_density(self) -> float:
+    """The constant log-density on the dark squares: −log(S · side²)."""
+    return -math.log(len(self.dark_corners) * self.side**2)
+
+  def sample(self, key: jax.Array, n: int) -> Array:
+    """n exact samples [n, 2]: a uniform dark square, then a uniform point in it."""
+    k_sq, k_pos = jax.random.split(key)
+    corners = jnp.asarray(self.dark_corners)  # [S, 2]
+    which = jax.random.randint(k_sq, (n,), 0, corners.shape[0])
+    return corners[which] + self.side * jax.random.uniform(k_pos, (n, 2))
+
+  def log_prob(self, x: Array) -> Array:
+    """log p(x) for x [..., 2] -> [...]: constant on dark squares, −inf elsewhere."""
+    x = jnp.asarray(x, jnp.float32)
+    cell = jnp.floor((x + self.half_width) / self.side)  # [..., 2]
+    on_board = jnp.all((cell >= 0) & (cell < self.num_squares), axis=-1)
+    dark = jnp.sum(cell, axis=-1) % 2 == 0
+    return jnp.where(on_board & dark, self.log_density, -jnp.inf)
+
+
+@dataclasses.dataclass(frozen=True)
+class Funnel(_DensityOnlyTarget):
+  """Neal's funnel (Neal 2003, "Slice sampling", §8) in ``dim`` dimensions.
+
+  Coordinate 0 is v ~ N(0, v_std²); coordinates 1..dim−1 are independent given v,
+  x_i | v ~ N(0, e^v).  The neck (v ≪ 0) is exponentially narrow, the mouth wide.
+
+  Args:
+    dim: total dimension including v, >= 2.
+    v_std: standard deviation of v, > 0 (3 in Neal's definition).
+  """
+
+  dim: int = 2
+  v_std: float = 3.0
+
+  def __post_init__(self):
+    _require(int(self.dim) == self.dim and self.dim >= 2, f"Funnel.dim must be an integer >= 2, got {self.dim}.")
+    _require(self.v_std > 0, f"Funnel.v_std must be > 0, got {self.v_std}.")
+
+  def sample(self, key: jax.Array, n: int) -> Array:
+    """n exact samples [n, dim], column 0 being v."""
+    k_v, k_x = jax.random.split(key)
+    v = self.v_std * jax.random.normal(k_v, (n, 1))  # [n, 1]
+    x = jnp.exp(0.5 * v) * jax.random.normal(k_x, (n, self.dim - 1))  # [n, dim - 1]
+    return jnp.concatenate([v, x], axis=-1)
+
+  def log_prob(self, x: Array) -> Array:
+    """log p(v, x_1..) for x [..., dim] -> [...]."""
+    x = jnp.asarray(x, jnp.float32)
+    v, rest = x[..., 0], x[..., 1:]
+    log_2pi = math.log(2 * math.pi)
+    logp_v = -0.5 * (log_2pi + (v / self.v_std) ** 2) - math.log(self.v_std)
+    z = rest * jnp.exp(-0.5 * v)[..., None]  # [..., dim - 1], standard normal given v
+    logp_x = -0.5 * jnp.sum(log_2pi + v[..., None] + z**2, axis=-1)
+    return logp_v + logp_x
+
+
+Target = Any  # GaussianMixture | Checkerboard | Funnel: sample(key, n), log_prob(x), dim
+
+
+# --- preset 2-D targets ---------------------------------------------------------------
+# The two mixtures with isolated modes put neighbouring means at least 10 component
+# stds apart, so nearest-mode assignment (metrics.mode_statistics) is unambiguous.
+# Moons and swiss roll are mixtures of many narrow components whose neighbouring means
+# lie about 1.3 stds apart along the curve: the density is a smooth ridge, and because
+# it is still a mixture its perturbed score stays exact under every SDE.
+
+
+def eight_gaussians(*, radius: float = 4.0, std: float = 0.25) -> GaussianMixture:
+  """8 equal-weight isotropic Gaussians with means at angles 2πk/8 on a circle.
+
+  With the defaults neighbouring means are 2·4·sin(π/8) ≈ 3.06 apart, about 12 stds.
+
+  Args:
+    radius: circle radius.
+    std: per-coordinate standard deviation of every component.
+
+  Returns:
+    A GaussianMixture with 8 components in 2-D.
+  """
+  angles = 2 * np.pi * np.arange(8) / 8
+  means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)  # [8, 2]
+  return GaussianMixture(means=means, stds=np.full(8, std))
+
+
+def grid25(*, spacing: float = 2.0, std: float = 0.2) -> GaussianMixture:
+  """The 5×5 grid of equal-weight Gaussians (MG25), means at spacing·{−2,…,2}².
+
+  With the defaults neighbouring means are 10 stds apart.
+
+  Args:
+    spacing: distance between neighbouring means.
+    std: per-coordinate standard deviation of every component.
+
+  Returns:
+    A GaussianMixture with 25 components in 2-D.
+  """
+  ticks = spacing * np.arange(-2, 3)
+  gx, gy = np.meshgrid(ticks, ticks, indexing="ij")
+  means = np.stack([gx.ravel(), gy.ravel()], axis=1)  # [25, 2]
+  return GaussianMixture(means=means, stds=np.full(25, std))
+
+
+def two_moons(*, num_per_moon: int = 32, std: float = 0.15, radius: float = 2.0) -> GaussianMixture:
+  """Two interleaved half circles, each a chain of equal-weight Gaussians.
+
+  The upper moon's means are radius·(cos θ, sin θ) and the lower moon's
+  radius·(1 − cos θ, ½ − sin θ), for ``num_per_moon`` angles θ evenly spaced in [0, π]; the
+  whole picture is then shifted by −radius·(½, ¼) so its bounding box is centred at 0.
+  Neighbouring means are radius·π/(num_per_moon − 1) apart (≈ 0.20 with the defaults).
+
+  Args:
+    num_per_moon: components per moon, >= 2.
+    std: per-coordinate standard deviation of every component.
+    radius: radius of each half circle.
+
+  Returns:
+    A GaussianMixture with 2·num_per_moon components in 2-D.
+  """
+  _require(num_per_moon >= 2, f"two_moons: num_per_moon must be >= 2, got {num_per_moon}.")
+  theta = np.linspace(0.0, np.pi, num_per_moon)
+  upper = np.stack([np.cos(theta), np.sin(theta)], axis=1)  # [M, 2]
+  lower = np.stack([1.0 - np.cos(theta), 0.5 - np.sin(theta)], axis=1)  # [M, 2]
+  means = radius * (np.concatenate([upper, lower]) - np.array([0.5, 0.25]))  # [2M, 2]
+  return GaussianMixture(means=means, stds=np.full(2 * num_per_moon, std))
+
+
+def swiss_roll(*, num_components: int = 128, std: float = 0.15, radius: float = 4.0) -> GaussianMixture:
+  """A 2-D swiss roll: equal-weight Gaussians evenly spaced in arc length along the
+  Archimedean spiral c·a(cos a, sin a), a ∈ [1.5π, 4.5π] (one and a half turns).
+
+  c = radius/(4.5π) makes the outer end lie at ``radius``; successive turns are 2πc apart
+  (≈ 1.8, about 12 stds, with the defaults) and neighbouring means about 0.2 apart.
+  Even arc-length spacing with equal weights gives a uniform density along the curve.
+
+  Args:
+    num_components: number of Gaussians along the spiral, >= 2.
+    std: per-coordinate standard deviation of every component.
+    radius: distance of the outer end from the origin.
+
+  Returns:
+    A GaussianMixture with ``num_components`` components in 2-D.
+  """
+  _require(num_components >= 2, f"swiss_roll: num_components must be >= 2, got {num_components}.")
+  a0, a1 = 1.5 * np.pi, 4.5 * np.pi
+  c = radius / a1
+  # Arc length of r = c·a from 0 to a: (c/2)(a√(1 + a²) + asinh a); invert on a fine grid.
+  arc = lambda a: 0.5 * c * (a * np.sqrt(1.0 + a**2) + np.arcsinh(a))
+  grid = np.linspace(a0, a1, 20_001)
+  a = np.interp(np.linspace(arc(a0), arc(a1), num_components), arc(grid), grid)
+  means = c * a[:, None] * np.stack([np.cos(a), np.sin(a)], axis=1)  # [K, 2]
+  return GaussianMixture(means=means, stds=np.full(num_components, std))
+
+
+TARGETS: dict[str, Callable[..., Target]] = {
+    "ring8": eight_gaussians,
+    "grid25": grid25,
+    "moons": two_moons,
+    "swiss_roll": swiss_roll,
+    "checkerboard": Checkerboard,
+    "funnel": Funnel,
+}
+
+
+def get_target(name: str, **kwargs) -> Target:
+  """Builds a preset target by name, e.g. ``get_target("ring8", std=0.5)``.
+
+  Args:
+    name: one of ``TARGETS``.
+    **kwargs: keyword arguments of that preset.
+
+  Returns:
+    The target (a GaussianMixture, Checkerboard or Funnel).
+
+  Raises:
+    ValueError: for an unknown name or an argument the preset does not take.
+  """
+  if name not in TARGETS:
+    raise ValueError(f"Unknown target {name!r}; choose one of {sorted(TARGETS)}.")
+  builder = TARGETS[name]
+  params = set(inspect.signature(builder).parameters)
+  unknown = set(kwargs) - params
+  if unknown:
+    raise ValueError(f"Target {name!r} has no argument(s) {sorted(unknown)}; it takes {sorted(params)}.")
+  return builder(**kwargs)
