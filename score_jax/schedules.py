@@ -16,7 +16,7 @@ Families (references in each docstring):
 * ``exponential``  β_min + (β_max − β_min)(e^{at} − 1)/(e^{aT} − 1)  (Strasman et al. 2024, a = 0 is linear)
 * ``cosine``       ᾱ(t) = cos²(θ(t))/cos²(θ(0)), θ = (t/T + s)/(1 + s)·π/2, β capped at max_beta
                                                                        (Nichol & Dhariwal 2021)
-* ``sigmoid``      logit of ᾱ linear in t (uniform log-SNR spacing)   (Chen 2023; Kingma et al. 2021)
+* ``sigmoid``      ᾱ(t) = σ(λ(t))/σ(λ_max) with λ linear in t (uniform log-SNR spacing)   (Chen 2023; Kingma et al. 2021)
 """
 
 from __future__ import annotations
@@ -110,6 +110,11 @@ class ExponentialSchedule:
   def __post_init__(self):
     _check_range("ExponentialSchedule", self.beta_min, self.beta_max, self.T)
     _require(math.isfinite(self.a), f"ExponentialSchedule.a must be finite, got {self.a}.")
+    # e^{aT} overflows float32 past aT ≈ 88.7, which turned β and B into NaN near T.
+    _require(
+        self.a * self.T <= 80.0,
+        f"ExponentialSchedule.a * T must be <= 80 (e^(aT) overflows float32), got a={self.a}, T={self.T}.",
+    )
 
   def _linear(self) -> bool:
     # Below this |a·T| the closed form loses more to cancellation than the linear limit
@@ -125,7 +130,13 @@ class ExponentialSchedule:
   def integral(self, t: Array) -> Array:
     if self._linear():
       return LinearSchedule(self.beta_min, self.beta_max, self.T).integral(t)
-    excess = (jnp.expm1(self.a * t) / self.a - t) / math.expm1(self.a * self.T)
+    # (e^{at} − 1)/a − t = (e^x − 1 − x)/a with x = at; the direct difference cancels
+    # catastrophically in float32 for small |x|, so there use its Taylor series.
+    x = self.a * jnp.asarray(t)
+    small = jnp.abs(x) < 0.1
+    xs = jnp.where(small, x, 0.0)
+    series = xs * xs * (1 / 2 + xs * (1 / 6 + xs * (1 / 24 + xs * (1 / 120 + xs * (1 / 720 + xs / 5040)))))
+    excess = jnp.where(small, series, jnp.expm1(x) - x) / (self.a * math.expm1(self.a * self.T))
     return self.beta_min * t + (self.beta_max - self.beta_min) * excess
 
 
@@ -168,8 +179,11 @@ class CosineSchedule:
     return min((theta_star - self._theta0) / self._dtheta, self.T)
 
   def _integral_uncapped(self, t: Array) -> Array:
-    theta = self._theta0 + self._dtheta * t
-    return 2.0 * (math.log(math.cos(self._theta0)) - jnp.log(jnp.cos(theta)))
+    # B = −2 log(cos θ(t)/cos θ0) with cos(θ0 + δ)/cos θ0 − 1 = −2 sin²(δ/2) − tan θ0 sin δ:
+    # exactly 0 at t = 0.  A float32 difference of two logs is off by ~1e-8 there, often
+    # below 0, which made VP's marginal_std NaN near t = 0.
+    d = self._dtheta * jnp.asarray(t)
+    return -2.0 * jnp.log1p(-2.0 * jnp.sin(0.5 * d) ** 2 - math.tan(self._theta0) * jnp.sin(d))
 
   def beta(self, t: Array) -> Array:
     t_c = jnp.minimum(t, self.t_cap)
@@ -182,7 +196,7 @@ class CosineSchedule:
 
 @dataclasses.dataclass(frozen=True)
 class SigmoidSchedule:
-  """Sigmoid schedule: the logit of ᾱ falls linearly from ``logsnr_max`` to ``logsnr_min``.
+  """Sigmoid schedule: ᾱ(t) ∝ σ(λ(t)) with λ falling linearly from ``logsnr_max`` to ``logsnr_min``.
 
   With λ(t) = λ_max + (λ_min − λ_max) t/T, ᾱ(t) = σ(λ(t))/σ(λ_max) (normalised so
   ᾱ(0) = 1), which is the uniform-log-SNR schedule (Chen 2023, Kingma et al. 2021).
@@ -209,7 +223,16 @@ class SigmoidSchedule:
     return rate * jnp.exp(-jnp.logaddexp(0.0, self._lam(t)))  # σ(−λ) = 1/(1 + e^λ)
 
   def integral(self, t: Array) -> Array:
-    return jnp.logaddexp(0.0, -self._lam(t)) - math.log1p(math.exp(-self.logsnr_max))
+    # B = log(σ(λ_max)/σ(λ(t))) = log1p(σ(−λ_max) expm1(u)) with u = λ_max − λ(t) ≥ 0, exactly
+    # 0 at t = 0; the difference of softplus terms (accurate once u is large) is off by
+    # ~1e-7 near t = 0, often below 0, which made VP's marginal_std NaN there.
+    u = (self.logsnr_max - self.logsnr_min) * jnp.asarray(t) / self.T
+    near = u < 20.0
+    z = math.exp(-abs(self.logsnr_max))
+    sig_neg_max = z / (1.0 + z) if self.logsnr_max >= 0 else 1.0 / (1.0 + z)  # σ(−λ_max)
+    b_near = jnp.log1p(sig_neg_max * jnp.expm1(jnp.where(near, u, 0.0)))
+    b_far = jnp.logaddexp(0.0, -self._lam(t)) - jnp.logaddexp(0.0, -self.logsnr_max)
+    return jnp.where(near, b_near, b_far)
 
 
 SCHEDULES = {

@@ -231,7 +231,9 @@ class VESDE(SDE):
     return self.sigma_min * jnp.sqrt(jnp.expm1(2.0 * self._log_ratio * t / self.T))
 
   def transition_coeffs(self, t_from, t_to):
-    q = self.sigma(t_to) ** 2 - self.sigma(t_from) ** 2
+    # σ_to² − σ_from² = σ_from² (e^{2 log(σ_max/σ_min)(t_to − t_from)/T} − 1), without the
+    # cancellation of the plain difference when t_to is close to t_from (or to 0).
+    q = self.sigma(t_from) ** 2 * jnp.expm1(2.0 * self._log_ratio * (t_to - t_from) / self.T)
     return jnp.ones_like(q), q
 
   def is_potential(self, t):
@@ -251,6 +253,7 @@ class _BetaSDE(SDE):
 
   def _init_schedule(self) -> None:
     cls = type(self).__name__
+    _require(self.T > 0, f"{cls}.T must be > 0, got {self.T}.")
     if self.schedule is None:
       _require(self.beta_min >= 0, f"{cls}.beta_min must be >= 0, got {self.beta_min}; a noise rate cannot be negative.")
       _require(
@@ -373,6 +376,13 @@ def get_sde(name: str, **kwargs) -> SDE:
       sched = None
     else:
       sched_kwargs.setdefault("T", kwargs.get("T", 1.0))
+      # beta_min / beta_max given to the SDE also set a named schedule that has them
+      # (quadratic, exponential, linear), rather than being silently ignored.
+      sched_cls = sched_lib.SCHEDULES.get(sched)
+      sched_fields = {f.name for f in dataclasses.fields(sched_cls)} if sched_cls else set()
+      for field in ("beta_min", "beta_max"):
+        if field in kwargs and field in sched_fields:
+          sched_kwargs.setdefault(field, kwargs[field])
       sched = sched_lib.get_schedule(sched, **sched_kwargs)
   if sched is not None:
     kwargs["schedule"] = sched
