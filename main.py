@@ -1,0 +1,52 @@
+"""Command-line entry: parses flags and dispatches to ``score_jax.train``.
+
+    python main.py --config=configs/toy/gmm2d.py --workdir=runs/gmm --mode=train
+    python main.py --config=configs/toy/gmm2d.py --workdir=runs/gmm --mode=sample
+
+Kept short on purpose: everything else lives in the library, where tests can call it.
+Config fields are overridden with ``--config.section.field=value``.
+"""
+
+import logging as std_logging
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from score_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, optionally with a variant: path.py:smoke.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics.")
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "train: train (resuming) then sample; sample: draw "
+                  "from the latest checkpoint.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors a user can fix from the command line: one line, no traceback.
+USER_ERRORS = (train.ConfigError, FileNotFoundError, FileExistsError, train.NonFiniteLossError)
+
+
+def _quiet_orbax(record) -> bool:
+  """Keeps Orbax's per-save INFO chatter out of the console (its warnings still show)."""
+  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  try:
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      train.sample(FLAGS.config, FLAGS.workdir)
+  except USER_ERRORS as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,81 @@
+"""Orbax checkpoints in ``<workdir>/checkpoints``: save every N steps, keep the last K,
+and resume from the latest one automatically.
+
+A thin wrapper over ``orbax.checkpoint.CheckpointManager`` so train and sample code
+says what it means (``latest_step``, ``restore``, ``save``) and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import orbax.checkpoint as ocp
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """Absolute path of the checkpoint folder of ``workdir``."""
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+  """Saves and restores a pytree train state by step.
+
+  Args:
+    workdir: the run's folder; checkpoints go to ``<workdir>/checkpoints/<step>``.
+    max_to_keep: number of most recent checkpoints kept on disk.
+    create: create the folder if missing (False for read-only use such as sampling).
+    async_save: write in a background thread (call ``wait`` or ``close`` before reading).
+  """
+
+  def __init__(self, workdir: str, *, max_to_keep: Optional[int] = None, create: bool = True,
+               async_save: bool = True):
+    self.directory = checkpoint_dir(workdir)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> Optional[int]:
+    """The newest saved step, or None when there is no checkpoint."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Saves ``state`` as ``step`` (a no-op if that step is already saved). Returns whether it saved."""
+    if step in self._manager.all_steps():
+      return False
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def restore(self, target: Any = None, *, step: Optional[int] = None) -> Any:
+    """Restores ``step`` (default: the latest).
+
+    Args:
+      target: a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``)
+        with the saved structure; None restores the raw tree (dicts) as saved.
+      step: which step; None for the latest.
+
+    Returns:
+      The restored pytree.
+
+    Raises:
+      FileNotFoundError: no checkpoint in the folder.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

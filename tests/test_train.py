@@ -1,0 +1,143 @@
+"""End-to-end training and sampling at smoke size, plus the MLP and score parametrization."""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from score_jax import score_fn as score_fn_lib
+from score_jax import sde as sde_lib
+from score_jax import train
+from score_jax.models import MLPScore, get_model
+
+_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "toy" / "gmm2d.py"
+
+
+def _smoke_config():
+  spec = importlib.util.spec_from_file_location("gmm2d_config", _CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("smoke")
+
+
+def _finite_numbers(tree) -> list[float]:
+  if isinstance(tree, dict):
+    return [v for value in tree.values() for v in _finite_numbers(value)]
+  if isinstance(tree, list):
+    return [v for value in tree for v in _finite_numbers(value)]
+  if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+    assert math.isfinite(tree)
+    return [float(tree)]
+  return []
+
+
+def test_train_resume_and_sample(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = _smoke_config()
+  first = train.train_and_evaluate(config, workdir)
+  assert first.start_step == 0 and int(first.state.step) == 20
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "20"))
+  assert os.path.isfile(os.path.join(workdir, "config.json"))
+  assert os.path.isfile(os.path.join(workdir, "samples_step20.png"))
+  with open(first.metrics_path) as f:
+    metrics = json.load(f)
+  for name in ("sliced_w2", "nll", "coverage", "nfe", "train_time_s", "final_loss"):
+    assert name in metrics and math.isfinite(metrics[name]), name
+  assert _finite_numbers({k: v for k, v in metrics.items() if k not in ("max_mean_error", "max_std_rel_error")})
+  first_bytes = pathlib.Path(first.metrics_path).read_bytes()
+
+  # Re-running the finished command refuses rather than overwrite its outputs.
+  with pytest.raises(FileExistsError, match="num_steps"):
+    train.train_and_evaluate(config, workdir)
+
+  # Raising num_steps resumes from the checkpoint of step 20, not from step 0.
+  config.training.num_steps = 30
+  second = train.train_and_evaluate(config, workdir)
+  assert second.start_step == 20 and int(second.state.step) == 30
+  assert second.metrics["start_step"] == 20
+  assert os.path.isfile(os.path.join(workdir, "metrics_step30.json"))
+  assert os.path.isfile(os.path.join(workdir, "config_step20.json"))  # the changed config, beside the first
+  assert pathlib.Path(first.metrics_path).read_bytes() == first_bytes
+
+  # --mode=sample: a new folder per call, from the latest checkpoint's EMA parameters.
+  outs = [train.sample(config, workdir) for _ in range(2)]
+  assert [os.path.relpath(o, workdir) for o in outs] == [os.path.join("samples", "0"), os.path.join("samples", "1")]
+  for out in outs:
+    assert sorted(os.listdir(out)) == ["metrics.json", "samples.npz", "samples.png"]
+    with np.load(os.path.join(out, "samples.npz")) as data:
+      assert data["samples"].shape == (config.sampling.num_samples, 2) and int(data["step"]) == 30
+  d0, d1 = (np.load(os.path.join(o, "samples.npz"))["samples"] for o in outs)
+  assert not np.allclose(d0, d1)  # each draw has its own key
+
+
+def test_sample_without_checkpoint_says_what_to_do(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"No checkpoint.*--mode=train"):
+    train.sample(_smoke_config(), str(tmp_path / "empty"))
+
+
+def test_nonfinite_loss_stops_and_names_the_step(tmp_path):
+  config = _smoke_config()
+  config.optim.lr = 1e30
+  config.optim.warmup = 0
+  config.optim.grad_clip = -1.0
+  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+    train.train_and_evaluate(config, str(tmp_path / "nan"))
+  assert not os.path.exists(tmp_path / "nan" / "checkpoints" / "10")  # nothing non-finite was saved
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("training.num_steps", 0, "config.training.num_steps"),
+    ("training.batch_size", 0, "config.training.batch_size"),
+    ("sde.name", "foo", "config.sde"),
+    ("sampling.method", "bogus", "config.sampling"),
+    ("model.parametrization", "eps", "config.model.parametrization"),
+])
+def test_bad_config_values_name_the_field(tmp_path, field, value, message):
+  config = _smoke_config()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(train.ConfigError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")  # failed before touching the workdir
+
+
+@pytest.mark.parametrize("shape", [(3, 2), (4, 5), (2, 3, 2)])
+def test_mlp_output_has_input_shape(shape):
+  model = MLPScore(hidden=8, num_layers=2, embed_dim=8, num_fourier_features=4)
+  x = jnp.ones(shape)
+  t = jnp.linspace(0.1, 1.0, shape[0])  # [B]
+  params = model.init(jax.random.key(0), x, t)
+  assert model.apply(params, x, t).shape == shape
+  assert model.apply(params, x, 0.5).shape == shape  # a scalar t is broadcast
+
+
+def test_mlp_fourier_frequencies_are_not_trained():
+  model = get_model("mlp", hidden=8, num_layers=1, embed_dim=8, num_fourier_features=4)
+  x, t = jnp.ones((3, 2)), jnp.full((3,), 0.3)
+  params = model.init(jax.random.key(0), x, t)["params"]
+  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, t) ** 2))(params)
+  assert np.all(np.asarray(grads["time_fourier"]["W"]) == 0.0)
+  with pytest.raises(ValueError, match="no field"):
+    get_model("mlp", width=3)
+
+
+@pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.VESDE(sigma_min=0.01, sigma_max=10.0), sde_lib.SubVPSDE()])
+def test_score_fn_parametrizations(sde):
+  apply_fn = lambda params, x, t: params * x + t[:, None]  # a stand-in network, t must be [B]
+  x = jnp.arange(6.0).reshape(3, 2)  # [3, 2]
+  t = jnp.array([0.1, 0.5, 0.9])  # [3]
+  out = 2.0 * x + t[:, None]
+  noise = score_fn_lib.get_score_fn(sde, apply_fn, 2.0, parametrization="noise")
+  np.testing.assert_allclose(noise(x, t), -out / sde.marginal_std(t)[:, None], rtol=1e-6)
+  raw = score_fn_lib.get_score_fn(sde, apply_fn, 2.0, parametrization="score")
+  np.testing.assert_allclose(raw(x, t), out, rtol=1e-6)
+  # A scalar t reaches the network as [B].
+  np.testing.assert_allclose(raw(x, 0.5), 2.0 * x + 0.5, rtol=1e-6)
+  with pytest.raises(ValueError, match="parametrization"):
+    score_fn_lib.get_score_fn(sde, apply_fn, 2.0, parametrization="velocity")
