@@ -157,6 +157,19 @@ def _sample_compiled(key, sde, score_fn, shape, method, options):
   return METHODS[method].run(key, sde, score_fn, shape, **dict(options))
 
 
+def _static_args(sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str,
+                 options: Mapping[str, Any]) -> dict[str, Any]:
+  """Checks everything that can be checked before compiling; returns the static arguments."""
+  _require(isinstance(sde, SDE), f"sde must be an SDE from score_jax.sde, got {type(sde).__name__}.")
+  _require(callable(score_fn), "score_fn must be callable as score_fn(x, t).")
+  shape = tuple(shape)
+  _require(len(shape) >= 2 and all(isinstance(s, int) and s > 0 for s in shape),
+           f"shape must be (batch, *event) with positive integers, got {shape}.")
+  opts = resolve_options(sde, method, options)
+  _check_score_fn(score_fn, shape)
+  return dict(sde=sde, score_fn=score_fn, shape=shape, method=method, options=tuple(sorted(opts.items())))
+
+
 def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str = "pc",
            **options) -> tuple[Array, Any]:
   """Draws samples of ``shape`` [B, ...] from the model defined by ``sde`` and ``score_fn``.
@@ -172,14 +185,14 @@ def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
   Returns:
     (samples [shape], nfe): nfe is the number of score evaluations per sample.
   """
-  _require(isinstance(sde, SDE), f"sde must be an SDE from score_jax.sde, got {type(sde).__name__}.")
-  _require(callable(score_fn), "score_fn must be callable as score_fn(x, t).")
-  shape = tuple(shape)
-  _require(len(shape) >= 2 and all(isinstance(s, int) and s > 0 for s in shape),
-           f"shape must be (batch, *event) with positive integers, got {shape}.")
-  opts = resolve_options(sde, method, options)
-  _check_score_fn(score_fn, shape)
-  return _sample_compiled(key, sde, score_fn, shape, method, tuple(sorted(opts.items())))
+  return _sample_compiled(key, **_static_args(sde, score_fn, shape, method, options))
 
 
-__all__ = ["sample", "resolve_options", "METHODS", "PREDICTORS", "CORRECTORS", "SOLVERS", "steps"]
+def lower(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str = "pc",
+          **options) -> jax.stages.Lowered:
+  """The sampler ``sample`` would run, lowered ahead of time: ``.compile()`` gives a
+  callable of the key (for timing compilation apart from execution, or inspecting HLO)."""
+  return _sample_compiled.lower(key, **_static_args(sde, score_fn, shape, method, options))
+
+
+__all__ = ["sample", "lower", "resolve_options", "METHODS", "PREDICTORS", "CORRECTORS", "SOLVERS", "steps"]
