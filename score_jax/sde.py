@@ -169,6 +169,19 @@ class SDE:
     """E[x(0) | x(t)] = (x + s² ∇log p_t(x)) / m (Tweedie's formula)."""
     return (x + bcast(self.marginal_std(t) ** 2, x) * score) / bcast(self.mean_coeff(t), x)
 
+  def noise_level(self, t: Array) -> Array:
+    """σ̃(t) = s(t)/m(t) = e^{−λ(t)/2}: x(t)/m(t) is the data plus N(0, σ̃²) noise, so every
+    linear SDE is a VE process in σ̃ after rescaling (the σ of EDM, Karras et al. 2022, eq. 4)."""
+    return self.marginal_std(t) / self.mean_coeff(t)
+
+  def time_from_noise_level(self, sigma: Array) -> Array:
+    """The time t with noise_level(t) = sigma, by bisection on [0, T] (σ̃ is increasing)."""
+    return _invert_increasing(self.noise_level, sigma, 0.0, self.T)
+
+  def time_from_log_snr(self, log_snr: Array) -> Array:
+    """The time t with log_snr(t) = λ, by bisection on [0, T] (λ is decreasing)."""
+    return _invert_increasing(lambda t: -self.log_snr(t), -jnp.asarray(log_snr), 0.0, self.T)
+
   def std_to_time(self, std: Array) -> Array:
     """The time t with marginal_std(t) = std, by bisection on [0, T] (s is increasing)."""
     return _invert_increasing(self.marginal_std, std, 0.0, self.T)

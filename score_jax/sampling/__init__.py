@@ -25,105 +25,28 @@ Methods and their options (defaults in ``METHODS[name].defaults``):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
-import types
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
 from score_jax.sampling import steps
-from score_jax.sampling.langevin import ald_sample, langevin_sample
-from score_jax.sampling.ode import SOLVERS, ode_sample
-from score_jax.sampling.pc import pc_sample
+from score_jax.sampling.langevin import ALD_METHOD, LANGEVIN_METHOD
+from score_jax.sampling.ode import ODE_METHOD, SOLVERS
+from score_jax.sampling.options import Method, require as _require
+from score_jax.sampling.pc import PC_METHOD
 from score_jax.sampling.steps import CORRECTORS, PREDICTORS
 from score_jax.sde import SDE, ScoreFn
 
 Array = Any
 
 
-def _require(cond: bool, message: str) -> None:
-  if not cond:
-    raise ValueError(message)
-
-
-def _positive(opts: Mapping[str, Any], *names: str) -> None:
-  for name in names:
-    value = opts[name]
-    _require(value is not None and value > 0, f"sampling option {name}={value!r} must be > 0.")
-
-
-def _count(opts: Mapping[str, Any], name: str, minimum: int = 1) -> None:
-  value = opts[name]
-  _require(
-      isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-      f"sampling option {name}={value!r} must be an integer >= {minimum}.",
-  )
-
-
-def _choice(opts: Mapping[str, Any], name: str, choices) -> None:
-  _require(opts[name] in choices, f"sampling option {name}={opts[name]!r} is unknown; choose one of {sorted(choices)}.")
-
-
-def _check_pc(sde: SDE, opts: Mapping[str, Any]) -> None:
-  del sde
-  _choice(opts, "predictor", PREDICTORS)
-  _choice(opts, "corrector", CORRECTORS)
-  _require(
-      not (opts["predictor"] == "none" and opts["corrector"] == "none"),
-      "sampling options predictor='none' and corrector='none' leave the prior untouched; pick at least one.",
-  )
-  _positive(opts, "snr")
-  _count(opts, "num_steps")
-  _count(opts, "n_steps", minimum=0)
-
-
-def _check_ode(sde: SDE, opts: Mapping[str, Any]) -> None:
-  del sde
-  _choice(opts, "solver", SOLVERS)
-  _positive(opts, "rtol", "atol")
-  _count(opts, "num_steps")
-  _count(opts, "max_steps")
-
-
-def _check_ald(sde: SDE, opts: Mapping[str, Any]) -> None:
-  del sde
-  _count(opts, "num_steps")
-  _count(opts, "n_steps_each")
-  if opts["step_size"] is not None:
-    _positive(opts, "step_size")
-
-
-def _check_langevin(sde: SDE, opts: Mapping[str, Any]) -> None:
-  _count(opts, "num_steps")
-  _positive(opts, "step_size")
-  t = opts["t"]
-  _require(t is None or 0.0 < t <= sde.T, f"sampling option t={t!r} must lie in (0, T={sde.T}] (None means eps).")
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-  """A sampler: ``run(key, sde, score_fn, shape, **options) -> (x, nfe)``, its default options
-  and a check of them that runs before compilation."""
-
-  run: Callable
-  defaults: Mapping[str, Any]
-  check: Callable[[SDE, Mapping[str, Any]], None]
-
-
 METHODS: dict[str, Method] = {
-    "pc": Method(pc_sample, types.MappingProxyType(dict(
-        predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1, num_steps=1000,
-        denoise=True)), _check_pc),
-    "ode": Method(ode_sample, types.MappingProxyType(dict(
-        solver="tsit5", rtol=1e-5, atol=1e-5, num_steps=100, max_steps=16384, pcoeff=0.0, icoeff=1.0,
-        dcoeff=0.0, denoise=True)), _check_ode),
-    "ald": Method(ald_sample, types.MappingProxyType(dict(
-        num_steps=100, n_steps_each=10, step_size=None, denoise=True)), _check_ald),
-    "langevin": Method(langevin_sample, types.MappingProxyType(dict(
-        num_steps=1000, step_size=1e-3, t=None, denoise=False)), _check_langevin),
+    "pc": PC_METHOD,
+    "ode": ODE_METHOD,
+    "ald": ALD_METHOD,
+    "langevin": LANGEVIN_METHOD,
 }
 
 
@@ -195,4 +118,4 @@ def lower(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], m
   return _sample_compiled.lower(key, **_static_args(sde, score_fn, shape, method, options))
 
 
-__all__ = ["sample", "lower", "resolve_options", "METHODS", "PREDICTORS", "CORRECTORS", "SOLVERS", "steps"]
+__all__ = ["sample", "lower", "resolve_options", "Method", "METHODS", "PREDICTORS", "CORRECTORS", "SOLVERS", "steps"]

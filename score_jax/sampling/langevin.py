@@ -7,7 +7,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from score_jax.sampling import common, steps
+from score_jax.sampling import common, options, steps
 from score_jax.sde import SDE, ScoreFn, bcast
 
 Array = Any
@@ -62,3 +62,23 @@ def ald_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
   if denoise:
     x = steps.denoise(sde, score_fn, x, common.full_t(sde.eps, n))
   return x, num_steps * n_steps_each + int(denoise)
+
+
+def _check_langevin(sde: SDE, opts) -> None:
+  options.count(opts, "num_steps")
+  options.positive(opts, "step_size")
+  t = opts["t"]
+  options.require(t is None or 0.0 < t <= sde.T, f"sampling option t={t!r} must lie in (0, T={sde.T}] (None means eps).")
+
+
+def _check_ald(sde: SDE, opts) -> None:
+  del sde
+  options.count(opts, "num_steps")
+  options.count(opts, "n_steps_each")
+  if opts["step_size"] is not None:
+    options.positive(opts, "step_size")
+
+
+LANGEVIN_METHOD = options.Method(langevin_sample, dict(num_steps=1000, step_size=1e-3, t=None, denoise=False),
+                                 _check_langevin)
+ALD_METHOD = options.Method(ald_sample, dict(num_steps=100, n_steps_each=10, step_size=None, denoise=True), _check_ald)

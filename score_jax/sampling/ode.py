@@ -13,7 +13,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from score_jax.sampling import common, steps
+from score_jax.sampling import common, options, steps
 from score_jax.sde import SDE, ScoreFn
 
 Array = Any
@@ -60,3 +60,16 @@ def ode_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
   if denoise:
     x = steps.denoise(sde, score_fn, x, common.full_t(sde.eps, n))
   return x, jnp.asarray(nfe, jnp.int32) + int(denoise)
+
+
+def _check(sde: SDE, opts) -> None:
+  del sde
+  options.choice(opts, "solver", SOLVERS)
+  options.positive(opts, "rtol", "atol")
+  options.count(opts, "num_steps")
+  options.count(opts, "max_steps")
+
+
+ODE_METHOD = options.Method(ode_sample, dict(
+    solver="tsit5", rtol=1e-5, atol=1e-5, num_steps=100, max_steps=16384, pcoeff=0.0, icoeff=1.0, dcoeff=0.0,
+    denoise=True), _check)

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from score_jax.sampling import common, steps
+from score_jax.sampling import common, options, steps
 from score_jax.sde import SDE, ScoreFn
 
 Array = Any
@@ -44,3 +44,20 @@ def pc_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...
     x = steps.denoise(sde, score_fn, x, common.full_t(sde.eps, n))
   nfe = num_steps * (steps.PREDICTOR_NFE[predictor] + n_steps * steps.CORRECTOR_NFE[corrector]) + int(denoise)
   return x, nfe
+
+
+def _check(sde: SDE, opts) -> None:
+  del sde
+  options.choice(opts, "predictor", steps.PREDICTORS)
+  options.choice(opts, "corrector", steps.CORRECTORS)
+  options.require(
+      not (opts["predictor"] == "none" and opts["corrector"] == "none"),
+      "sampling options predictor='none' and corrector='none' leave the prior untouched; pick at least one.",
+  )
+  options.positive(opts, "snr")
+  options.count(opts, "num_steps")
+  options.count(opts, "n_steps", minimum=0)
+
+
+PC_METHOD = options.Method(pc_sample, dict(
+    predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1, num_steps=1000, denoise=True), _check)
