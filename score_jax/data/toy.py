@@ -10,7 +10,9 @@ ground truth, with no training noise in the way.
 
 Preset 2-D targets (``get_target(name)``): "ring8", "grid25", "moons" and "swiss_roll" are
 Gaussian mixtures, so they keep the exact perturbed score; "checkerboard" and "funnel"
-have exact samples and log-densities only.
+have exact samples and log-densities only.  In more dimensions: "mixture_nd" (a random
+mixture, 16-D by default) and "correlated_gaussian" (a full-covariance ``Gaussian``, 64-D
+by default), both with exact perturbed scores.
 """
 
 from __future__ import annotations
@@ -143,6 +145,81 @@ class GaussianMixture:
 
 
 # --- targets without a closed-form perturbed score -----------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class Gaussian:
+  """A Gaussian N(μ, Σ) with full covariance, exact under every linear SDE.
+
+  In Σ's eigenbasis Σ = U diag(λ) Uᵀ each coordinate evolves alone, so
+  p_t = N(m(t) μ, U diag(m(t)² λ + s(t)²) Uᵀ) and its score is exact at every t.
+
+  Args:
+    mean: [D].
+    cov: [D, D] symmetric positive definite.
+  """
+
+  mean: Array
+  cov: Array
+
+  def __post_init__(self):
+    mean = np.asarray(self.mean, np.float64)
+    cov = np.asarray(self.cov, np.float64)
+    if mean.ndim != 1:
+      raise ValueError(f"Gaussian.mean must have shape [D], got {mean.shape}.")
+    d = mean.shape[0]
+    if cov.shape != (d, d):
+      raise ValueError(f"Gaussian.cov must have shape [D, D]=[{d}, {d}], got {cov.shape}.")
+    if not np.allclose(cov, cov.T, atol=1e-8 * max(1.0, np.abs(cov).max())):
+      raise ValueError("Gaussian.cov must be symmetric.")
+    evals, evecs = np.linalg.eigh(cov)
+    if evals.min() <= 0:
+      raise ValueError(f"Gaussian.cov must be positive definite; its smallest eigenvalue is {evals.min():.3g}.")
+    object.__setattr__(self, "mean", jnp.asarray(mean, jnp.float32))
+    object.__setattr__(self, "cov", jnp.asarray(cov, jnp.float32))
+    object.__setattr__(self, "eigenvalues", jnp.asarray(evals, jnp.float32))  # [D]
+    object.__setattr__(self, "eigenvectors", jnp.asarray(evecs, jnp.float32))  # [D, D], columns
+
+  @property
+  def dim(self) -> int:
+    return self.mean.shape[0]
+
+  @property
+  def covariance(self) -> Array:
+    return self.cov
+
+  def sample(self, key: jax.Array, n: int) -> Array:
+    z = jax.random.normal(key, (n, self.dim))
+    return self.mean + (z * jnp.sqrt(self.eigenvalues)) @ self.eigenvectors.T
+
+  def marginal_eigenvalues(self, sde: sde_lib.SDE, t: Array) -> tuple[Array, Array]:
+    """(m(t) [...], variances [..., D] of p_t along the eigenvectors)."""
+    m, s = sde.mean_coeff(t), sde.marginal_std(t)
+    return m, m[..., None] ** 2 * self.eigenvalues + s[..., None] ** 2
+
+  def _logp(self, x, m, var):
+    y = (x - m[..., None] * self.mean) @ self.eigenvectors  # [..., D]
+    return -0.5 * jnp.sum(jnp.log(2 * math.pi * var) + y**2 / var, axis=-1)
+
+  def log_prob(self, x: Array) -> Array:
+    """log p_0(x) for x [..., D] -> [...]."""
+    ones = jnp.ones(x.shape[:-1])
+    return self._logp(x, ones, ones[..., None] * self.eigenvalues)
+
+  def log_prob_t(self, x: Array, t: Array, sde: sde_lib.SDE) -> Array:
+    """log p_t(x) under ``sde`` for x [B, D], t [] or [B] -> [B]."""
+    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:-1])
+    return self._logp(x, *self.marginal_eigenvalues(sde, t))
+
+  def score(self, x: Array, t: Array, sde: sde_lib.SDE) -> Array:
+    """Exact ∇_x log p_t(x) for x [B, D], t [] or [B] -> [B, D]."""
+    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:-1])
+    m, var = self.marginal_eigenvalues(sde, t)
+    y = (x - m[..., None] * self.mean) @ self.eigenvectors
+    return (-y / var) @ self.eigenvectors.T
+
+  def score_fn(self, sde: sde_lib.SDE) -> Callable[[Array, Array], Array]:
+    return lambda x, t: self.score(x, t, sde)
+
+
 class _DensityOnlyTarget:
   """Exact samples and log-density, but p_t under an SDE has no closed form."""
 
@@ -256,7 +333,7 @@ class Funnel(_DensityOnlyTarget):
     return logp_v + logp_x
 
 
-Target = Any  # GaussianMixture | Checkerboard | Funnel: sample(key, n), log_prob(x), dim
+Target = Any  # GaussianMixture | Gaussian | Checkerboard | Funnel: sample(key, n), log_prob(x), dim
 
 
 # --- preset 2-D targets ---------------------------------------------------------------
@@ -353,6 +430,30 @@ def swiss_roll(*, num_components: int = 128, std: float = 0.15, radius: float = 
   return GaussianMixture(means=means, stds=np.full(num_components, std))
 
 
+def mixture_nd(*, dim: int = 16, num_components: int = 8, spread: float = 3.0, std: float = 0.3,
+               seed: int = 0) -> GaussianMixture:
+  """A random mixture in ``dim`` dimensions: ``num_components`` means drawn uniformly in
+  [−spread, spread]^dim (fixed by ``seed``), per-dimension stds in [std/2, 2·std], unequal
+  weights.  In 16-D the modes are far apart relative to their widths."""
+  rng = np.random.default_rng(seed)
+  means = rng.uniform(-spread, spread, size=(num_components, dim))
+  stds = std * np.exp(rng.uniform(np.log(0.5), np.log(2.0), size=(num_components, dim)))
+  weights = rng.uniform(0.5, 1.5, size=num_components)
+  return GaussianMixture(means=means, stds=stds, weights=weights)
+
+
+def correlated_gaussian(*, dim: int = 64, condition: float = 100.0, seed: int = 0) -> Gaussian:
+  """N(μ, Σ) in ``dim`` dimensions with a random rotation and eigenvalues log-spaced over a
+  ratio ``condition`` (largest 1), and a random mean of norm about 1: strongly correlated,
+  with an exact score and an exactly computable sampler KL."""
+  rng = np.random.default_rng(seed)
+  q, r = np.linalg.qr(rng.normal(size=(dim, dim)))
+  q = q * np.sign(np.diag(r))  # a Haar-random rotation
+  evals = np.logspace(0.0, -np.log10(condition), dim)
+  mean = rng.normal(size=dim) / np.sqrt(dim)
+  return Gaussian(mean=mean, cov=(q * evals) @ q.T)
+
+
 TARGETS: dict[str, Callable[..., Target]] = {
     "ring8": eight_gaussians,
     "grid25": grid25,
@@ -360,6 +461,8 @@ TARGETS: dict[str, Callable[..., Target]] = {
     "swiss_roll": swiss_roll,
     "checkerboard": Checkerboard,
     "funnel": Funnel,
+    "mixture_nd": mixture_nd,
+    "correlated_gaussian": correlated_gaussian,
 }
 
 
@@ -371,7 +474,7 @@ def get_target(name: str, **kwargs) -> Target:
     **kwargs: keyword arguments of that preset.
 
   Returns:
-    The target (a GaussianMixture, Checkerboard or Funnel).
+    The target (a GaussianMixture, Gaussian, Checkerboard or Funnel).
 
   Raises:
     ValueError: for an unknown name or an argument the preset does not take.
