@@ -5,28 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mixture_bar import MEAN_TOL, SCORES, SDES, assert_reproduces
 from score_jax import sampling
-from score_jax import sde as sde_lib
 from score_jax.data import toy
-from score_jax.metrics.samples import mode_statistics
 
-# Four well-separated modes with unequal weights and widths.
-TARGET = toy.GaussianMixture(
-    means=[[-3.0, -3.0], [3.0, -3.0], [-3.0, 3.0], [3.0, 3.0]],
-    stds=[0.3, 0.5, 0.4, 0.6],
-    weights=[0.1, 0.2, 0.3, 0.4],
-)
-SDES = {
-    "ve": sde_lib.VESDE(sigma_min=0.01, sigma_max=20.0),
-    "vp": sde_lib.VPSDE(beta_min=0.1, beta_max=20.0),
-    "subvp": sde_lib.SubVPSDE(beta_min=0.1, beta_max=20.0),
-}
-SCORES = {name: TARGET.score_fn(sde) for name, sde in SDES.items()}
 N = 4000
-
-# The bar: each mode's share within ±20 %, its mean within 0.06 and std within 10 %
-# of the truth, under 1 % outliers.
-SHARE_TOL, MEAN_TOL, STD_TOL, OUTLIER_TOL = 0.20, 0.06, 0.10, 0.01
 
 
 def _pc_options(predictor, corrector):
@@ -42,14 +25,6 @@ PC_CASES = [(s, p, c) for s in SDES for p in sampling.PREDICTORS for c in sampli
             if not (p == "none" and c == "none")]
 
 
-def _assert_reproduces(x, mean_tol=MEAN_TOL):
-  stats = mode_statistics(x, TARGET)
-  assert stats["outlier_fraction"] <= OUTLIER_TOL, stats
-  assert stats["max_share_rel_error"] <= SHARE_TOL, stats["share"]
-  assert stats["max_mean_error"] <= mean_tol, stats["mean"]
-  assert stats["max_std_rel_error"] <= STD_TOL, stats["std"]
-
-
 @pytest.mark.parametrize("sde_name,predictor,corrector", PC_CASES)
 def test_pc_reproduces_mixture(sde_name, predictor, corrector):
   opts = _pc_options(predictor, corrector)
@@ -63,7 +38,7 @@ def test_pc_reproduces_mixture(sde_name, predictor, corrector):
     # mode means still move by (1 − m(t))μ ≈ s(t)|μ|/2, so corrector-only ALD lags behind them
     # (mean error ≈ 0.1–0.13 at 10⁴ NFE).  Shares and widths still meet the bar.
     mean_tol = 0.15
-  _assert_reproduces(x, mean_tol)
+  assert_reproduces(x, mean_tol)
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
@@ -71,7 +46,7 @@ def test_pc_reproduces_mixture(sde_name, predictor, corrector):
 def test_ode_reproduces_mixture(sde_name, solver):
   x, nfe = sampling.sample(jax.random.PRNGKey(1), SDES[sde_name], SCORES[sde_name], (N, 2), method="ode",
                            solver=solver, rtol=1e-5, atol=1e-5, num_steps=200)
-  _assert_reproduces(x)
+  assert_reproduces(x)
   if solver == "heun":
     assert int(nfe) == 2 * 200 + 1
   else:
@@ -82,7 +57,7 @@ def test_ald_reproduces_mixture_ve():
   x, nfe = sampling.sample(jax.random.PRNGKey(2), SDES["ve"], SCORES["ve"], (N, 2), method="ald",
                            num_steps=100, n_steps_each=10)
   assert int(nfe) == 100 * 10 + 1
-  _assert_reproduces(x)
+  assert_reproduces(x)
 
 
 def test_langevin_dynamics_reproduces_gaussian():

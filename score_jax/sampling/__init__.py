@@ -13,14 +13,24 @@ The compiled sampler is cached on (sde, score_fn, shape, method, options): pass 
 ``score_fn`` object to reuse it.  To sample from a network whose parameters change, jit a
 function of the parameters that builds ``score_fn`` inside and calls ``sample``.
 
-Methods and their options (defaults in ``METHODS[name].defaults``):
+Methods and their options (defaults in ``METHODS[name].defaults``; the module of each
+documents them):
 
-* ``pc``       predictor ∈ PREDICTORS, corrector ∈ CORRECTORS, snr, n_steps (corrector
-               steps per level), num_steps, denoise
-* ``ode``      solver ∈ {tsit5, dopri5, heun}, rtol, atol, num_steps (heun), max_steps,
-               pcoeff/icoeff/dcoeff (PID controller), denoise
-* ``ald``      num_steps (noise levels), n_steps_each, step_size (ε), denoise
-* ``langevin`` num_steps, step_size, t (target time; eps if None), denoise
+* ``pc``          predictor ∈ PREDICTORS, corrector ∈ CORRECTORS, snr, n_steps (corrector
+                  steps per level), num_steps, denoise                      (``pc.py``)
+* ``ode``         probability-flow ODE: solver ∈ {tsit5, dopri5, heun}, rtol, atol,
+                  num_steps (heun), max_steps, pcoeff/icoeff/dcoeff, denoise (``ode.py``)
+* ``ald``         NCSN annealed Langevin: num_steps (levels), n_steps_each, step_size
+* ``langevin``    Langevin dynamics at a fixed time: num_steps, step_size, t (``langevin.py``)
+* ``adaptive``    Gotta Go Fast adaptive SDE solver: rel_tol, abs_tol, data_range, h_init,
+                  safety, exponent, norm, extrapolation, noise, ...       (``adaptive.py``)
+* ``edm``         EDM Heun with stochastic churn: num_steps, rho, sigma_min, sigma_max,
+                  s_churn, s_min, s_max, s_noise                          (``edm.py``)
+* ``dpm_solver``  DPM-Solver++: order ∈ {1, 2, 3}, variant ∈ {multistep, singlestep},
+                  num_steps (NFE budget), skip_type, lower_order_final (VP / sub-VP)
+* ``ddim``        DDIM: eta, num_steps, skip_type (VP / sub-VP)           (``dpm_solver.py``)
+* ``exponential`` exponential integrator of the reverse SDE: num_steps, skip_type
+                  (VP / sub-VP)                                          (``exponential.py``)
 """
 
 from __future__ import annotations
@@ -32,6 +42,10 @@ import jax
 import jax.numpy as jnp
 
 from score_jax.sampling import steps
+from score_jax.sampling.adaptive import ADAPTIVE_METHOD
+from score_jax.sampling.dpm_solver import DDIM_METHOD, DPM_SOLVER_METHOD
+from score_jax.sampling.edm import EDM_METHOD
+from score_jax.sampling.exponential import EXPONENTIAL_METHOD
 from score_jax.sampling.langevin import ALD_METHOD, LANGEVIN_METHOD
 from score_jax.sampling.ode import ODE_METHOD, SOLVERS
 from score_jax.sampling.options import Method, require as _require
@@ -47,6 +61,11 @@ METHODS: dict[str, Method] = {
     "ode": ODE_METHOD,
     "ald": ALD_METHOD,
     "langevin": LANGEVIN_METHOD,
+    "edm": EDM_METHOD,
+    "adaptive": ADAPTIVE_METHOD,
+    "dpm_solver": DPM_SOLVER_METHOD,
+    "ddim": DDIM_METHOD,
+    "exponential": EXPONENTIAL_METHOD,
 }
 
 
@@ -102,7 +121,7 @@ def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
     sde: the forward SDE (``score_jax.sde``).
     score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``, the score ∇log p_t(x).
     shape: the batch shape, batch first.
-    method: one of ``METHODS`` ("pc", "ode", "ald", "langevin").
+    method: one of ``METHODS``.
     **options: the method's options (see the module docstring).
 
   Returns:
