@@ -36,6 +36,7 @@ documents them):
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any, Callable, Mapping
 
 import jax
@@ -81,8 +82,17 @@ def resolve_options(sde: SDE, method: str, options: Mapping[str, Any]) -> dict[s
   return opts
 
 
-@functools.lru_cache(maxsize=64)
+# Shapes each score_fn has passed the check for.  Weak keys: the cache must not keep a
+# closure (and the parameters or tracers it holds) alive.
+_CHECKED: "weakref.WeakKeyDictionary[Callable, set]" = weakref.WeakKeyDictionary()
+
+
 def _check_score_fn(score_fn: ScoreFn, shape: tuple[int, ...]) -> None:
+  try:
+    if shape in _CHECKED.get(score_fn, ()):
+      return
+  except TypeError:  # not weak-referenceable: check every time
+    pass
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
   t = jax.ShapeDtypeStruct(shape[:1], jnp.float32)
   try:
@@ -92,6 +102,10 @@ def _check_score_fn(score_fn: ScoreFn, shape: tuple[int, ...]) -> None:
   out_shape = getattr(out, "shape", None)
   _require(out_shape == shape,
            f"score_fn must return the score with x's shape {shape}, but returned {out_shape}.")
+  try:
+    _CHECKED.setdefault(score_fn, set()).add(shape)
+  except TypeError:
+    pass
 
 
 @functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "method", "options"))
