@@ -22,6 +22,7 @@ setup(
         "tqdm>=4.66",
         "pillow>=10.0",
         "matplotlib>=3.8",
+        "scikit-learn>=1.4",  # ships the embedded 8x8 digits dataset
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.12"],
