@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from mixture_bar import SCORES, SDES, assert_reproduces
+from mixture_bar import (SCORES, SDES, assert_batch_independent, assert_rejected_before_tracing, assert_reproduces,
+                         count_evaluations)
 from score_jax import sampling
 from score_jax.data import toy
 from score_jax.sampling.adaptive import adaptive_sample_with_stats
@@ -63,29 +64,16 @@ def test_matches_euler_maruyama_1000_with_half_the_nfe(sde_name):
 
 
 def test_sample_does_not_depend_on_batch_size():
-  sde, score = SDES["ve"], SCORES["ve"]
-  key = jax.random.PRNGKey(7)
-  small, _ = sampling.sample(key, sde, score, (8, 2), method="adaptive", **FAST)
-  large, _ = sampling.sample(key, sde, score, (32, 2), method="adaptive", **FAST)
-  np.testing.assert_allclose(small, large[:8], rtol=1e-5, atol=1e-5)
-  other, _ = sampling.sample(jax.random.PRNGKey(8), sde, score, (8, 2), method="adaptive", **FAST)
-  assert not np.allclose(small, other)
+  assert_batch_independent(SDES["ve"], SCORES["ve"], "adaptive", FAST)
 
 
 def test_nfe_counts_every_evaluation_and_matches_stats():
-  calls = []
-  sde, exact = SDES["vp"], SCORES["vp"]
-
-  def counting_score(x, t):
-    jax.debug.callback(lambda: calls.append(1))
-    return exact(x, t)
-
-  x, nfe = sampling.sample(jax.random.PRNGKey(0), sde, counting_score, (64, 2), method="adaptive", **FAST)
-  jax.block_until_ready(x)
-  assert int(nfe) == len(calls)
-  x2, stats = adaptive_sample_with_stats(jax.random.PRNGKey(0), sde, counting_score, (64, 2), **FAST)
+  nfe, calls = count_evaluations("vp", "adaptive", FAST, n=64)
+  assert nfe == calls
+  x, _ = sampling.sample(jax.random.PRNGKey(0), SDES["vp"], SCORES["vp"], (64, 2), method="adaptive", **FAST)
+  x2, stats = adaptive_sample_with_stats(jax.random.PRNGKey(0), SDES["vp"], SCORES["vp"], (64, 2), **FAST)
   np.testing.assert_array_equal(x, x2)
-  assert int(stats["nfe"]) == int(nfe)
+  assert int(stats["nfe"]) == nfe
   assert float(stats["nfe_mean"]) <= int(nfe)
 
 
@@ -129,14 +117,6 @@ BAD = [
 
 @pytest.mark.parametrize("kwargs,field", BAD)
 def test_bad_options_raise_before_tracing(kwargs, field):
-  calls = []
-
-  def score(x, t):
-    calls.append(1)
-    return x
-
-  with pytest.raises(ValueError, match=field):
-    sampling.sample(jax.random.PRNGKey(0), SDES["ve"], score, (4, 2), method="adaptive", **kwargs)
-  with pytest.raises(ValueError, match=field):
-    adaptive_sample_with_stats(jax.random.PRNGKey(0), SDES["ve"], score, (4, 2), **kwargs)
-  assert not calls
+  assert_rejected_before_tracing(SDES["ve"], "adaptive", kwargs, field)
+  with pytest.raises(ValueError, match=field):  # the stats entry point checks the same way
+    adaptive_sample_with_stats(jax.random.PRNGKey(0), SDES["ve"], lambda x, t: x, (4, 2), **kwargs)

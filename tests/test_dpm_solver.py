@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixture_bar import SCORES, SDES as BAR_SDES, assert_reproduces
+from mixture_bar import (SCORES, SDES as BAR_SDES, assert_batch_independent, assert_rejected_before_tracing,
+                         assert_reproduces, count_evaluations)
 from score_jax import sampling
 from score_jax.data import toy
 from score_jax.sampling import common
@@ -262,18 +263,9 @@ def test_orders_allocation():
     ("exponential", dict(num_steps=6)),
 ])
 def test_nfe_counts_every_evaluation(method, opts):
-  calls = []
-  sde = SDES["vp"]
-  exact = SCORES["vp"]
-
-  def counting_score(x, t):
-    jax.debug.callback(lambda: calls.append(1))
-    return exact(x, t)
-
-  x, nfe = sampling.sample(jax.random.PRNGKey(0), sde, counting_score, (8, 2), method=method, **opts)
-  jax.block_until_ready(x)
-  assert int(nfe) == len(calls)
-  assert int(nfe) == opts["num_steps"] + int(opts.get("denoise", sampling.METHODS[method].defaults["denoise"]))
+  nfe, calls = count_evaluations("vp", method, opts)
+  assert nfe == calls
+  assert nfe == opts["num_steps"] + int(opts.get("denoise", sampling.METHODS[method].defaults["denoise"]))
 
 
 # --- 5. batch-size independence --------------------------------------------------------------
@@ -284,13 +276,7 @@ def test_nfe_counts_every_evaluation(method, opts):
     ("exponential", dict(num_steps=10)),
 ])
 def test_sample_does_not_depend_on_batch_size(method, opts):
-  sde, score = SDES["vp"], SCORES["vp"]
-  key = jax.random.PRNGKey(7)
-  small, _ = sampling.sample(key, sde, score, (8, 2), method=method, **opts)
-  large, _ = sampling.sample(key, sde, score, (32, 2), method=method, **opts)
-  np.testing.assert_allclose(small, large[:8], rtol=1e-5, atol=1e-5)
-  other, _ = sampling.sample(jax.random.PRNGKey(8), sde, score, (8, 2), method=method, **opts)
-  assert not np.allclose(small, other)
+  assert_batch_independent(SDES["vp"], SCORES["vp"], method, opts)
 
 
 # --- 6. bad options --------------------------------------------------------------------------
@@ -317,13 +303,5 @@ BAD = [
 
 @pytest.mark.parametrize("sde_name,kwargs,field", BAD)
 def test_bad_options_raise_before_tracing(sde_name, kwargs, field):
-  calls = []
-
-  def score(x, t):
-    calls.append(1)
-    return x
-
-  sde = VE if sde_name == "ve" else SDES[sde_name]
-  with pytest.raises(ValueError, match=field):
-    sampling.sample(jax.random.PRNGKey(0), sde, score, (4, 2), **kwargs)
-  assert not calls
+  kwargs = dict(kwargs)
+  assert_rejected_before_tracing(VE if sde_name == "ve" else SDES[sde_name], kwargs.pop("method"), kwargs, field)

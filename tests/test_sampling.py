@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixture_bar import MEAN_TOL, SCORES, SDES, assert_reproduces
+from mixture_bar import (MEAN_TOL, SCORES, SDES, assert_batch_independent, assert_rejected_before_tracing,
+                         assert_reproduces, count_evaluations)
 from score_jax import sampling
 from score_jax.data import toy
 
@@ -73,20 +74,9 @@ def test_langevin_dynamics_reproduces_gaussian():
 
 def test_ode_nfe_counts_every_evaluation():
   """The reported NFE equals the number of score evaluations actually executed."""
-  calls = []
-  sde = SDES["vp"]
-  exact = SCORES["vp"]
-
-  def counting_score(x, t):
-    jax.debug.callback(lambda: calls.append(1))
-    return exact(x, t)
-
   for solver in ["tsit5", "heun"]:
-    calls.clear()
-    x, nfe = sampling.sample(jax.random.PRNGKey(0), sde, counting_score, (64, 2), method="ode", solver=solver,
-                             rtol=1e-4, atol=1e-4, num_steps=20)
-    jax.block_until_ready(x)
-    assert int(nfe) == len(calls), solver
+    nfe, calls = count_evaluations("vp", "ode", dict(solver=solver, rtol=1e-4, atol=1e-4, num_steps=20), n=64)
+    assert nfe == calls, solver
 
 
 @pytest.mark.parametrize("method,opts", [
@@ -96,16 +86,7 @@ def test_ode_nfe_counts_every_evaluation():
     ("langevin", dict(num_steps=10)),
 ])
 def test_sample_does_not_depend_on_batch_size(method, opts):
-  """Sample i draws its noise from fold_in(key, i): the first 8 of 32 equal a batch of 8."""
-  sde, score = SDES["ve"], SCORES["ve"]
-  key = jax.random.PRNGKey(7)
-  small, _ = sampling.sample(key, sde, score, (8, 2), method=method, **opts)
-  large, _ = sampling.sample(key, sde, score, (32, 2), method=method, **opts)
-  np.testing.assert_allclose(small, large[:8], rtol=1e-5, atol=1e-5)
-  again, _ = sampling.sample(key, sde, score, (8, 2), method=method, **opts)
-  np.testing.assert_array_equal(small, again)
-  other, _ = sampling.sample(jax.random.PRNGKey(8), sde, score, (8, 2), method=method, **opts)
-  assert not np.allclose(small, other)
+  assert_batch_independent(SDES["ve"], SCORES["ve"], method, opts)
 
 
 def test_second_call_with_new_key_does_not_retrace():
@@ -176,15 +157,8 @@ BAD = [
 
 @pytest.mark.parametrize("kwargs,field", BAD)
 def test_bad_options_raise_before_compiling(kwargs, field):
-  calls = []
-
-  def score(x, t):
-    calls.append(1)
-    return x
-
-  with pytest.raises(ValueError, match=field):
-    sampling.sample(jax.random.PRNGKey(0), SDES["ve"], score, (4, 2), **kwargs)
-  assert not calls  # nothing was traced, let alone compiled
+  kwargs = dict(kwargs)
+  assert_rejected_before_tracing(SDES["ve"], kwargs.pop("method", "pc"), kwargs, field)
 
 
 def test_score_fn_with_wrong_shape_is_rejected():
