@@ -12,8 +12,10 @@ from typing import Any
 import flax.linen as nn
 
 from score_jax.models.mlp import MLPScore
+from score_jax.models.ncsnpp import NCSNpp
+from score_jax.models.unet import UNet
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLPScore}
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLPScore, "ncsnpp": NCSNpp, "unet": UNet}
 
 
 def get_model(name: str, **fields: Any) -> nn.Module:
@@ -39,4 +41,4 @@ def get_model(name: str, **fields: Any) -> nn.Module:
   return cls(**fields)
 
 
-__all__ = ["MODELS", "MLPScore", "get_model"]
+__all__ = ["MODELS", "MLPScore", "NCSNpp", "UNet", "get_model"]

@@ -7,37 +7,14 @@ shape.  What that output means (noise ε, score, ...) is decided outside, in
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from score_jax.models.layers import GaussianFourierFeatures
+
 Array = Any
-
-
-class GaussianFourierFeatures(nn.Module):
-  """Random Fourier features of a scalar (Tancik et al. 2020; Song et al. 2021, App. C).
-
-  Frequencies W ~ N(0, scale²) are drawn once at initialization and never trained (the
-  parameter is behind ``stop_gradient``, as in score_sde, so a checkpoint carries them).
-
-  Attributes:
-    num_features: number of frequencies; the output has 2 × num_features channels.
-    scale: standard deviation of the frequencies.
-  """
-
-  num_features: int = 64
-  scale: float = 16.0
-
-  @nn.compact
-  def __call__(self, t: Array) -> Array:
-    """Args: t [B].  Returns [B, 2 * num_features] = [sin 2πWt, cos 2πWt]."""
-    w = self.param("W", nn.initializers.normal(stddev=self.scale), (self.num_features,))
-    w = jax.lax.stop_gradient(w)
-    proj = 2.0 * math.pi * t[:, None] * w[None, :]  # [B, F]
-    return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 
 class ResidualBlock(nn.Module):
