@@ -4,9 +4,10 @@
 every loss and sampler of score_jax takes (EDM's preconditioning wrappers play the same
 role around their U-Nets).
 
-The network is conditioned on the SDE time t (shape [B]), not on σ(t); a later
-σ- or log σ-conditioned parametrization (NCSN++'s Fourier embedding of log σ, EDM's c_noise)
-joins ``PARAMETRIZATIONS`` without touching the networks.
+What the network is conditioned on is chosen here too (``CONDITIONINGS``): the SDE time t
+(the MLP and U-Net), the noise level σ̃(t) = s(t)/m(t) (NCSN++'s Fourier embedding, which
+takes the log inside; for VE σ̃ is the marginal std), or score_sde's 999·t for DDPM++'s
+positional embedding.  Class labels, when given, are passed through to the network.
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ ApplyFn = Callable[[Any, Array, Array], Array]
 ScoreFn = Callable[[Array, Array], Array]
 
 PARAMETRIZATIONS = ("noise", "score")
+CONDITIONINGS = {
+    "time": lambda sde, t: t,
+    "sigma": lambda sde, t: sde.noise_level(t),
+    "ddpm_step": lambda sde, t: 999.0 * t / sde.T,
+}
 
 
-def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametrization: str = "noise") -> ScoreFn:
+def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametrization: str = "noise",
+                 conditioning: str = "time", labels: Array | None = None) -> ScoreFn:
   """Turns a network into a score function ∇log p_t(x).
 
   Parametrizations:
@@ -39,20 +46,28 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
     apply_fn: ``apply_fn(params, x [B, ...], t [B]) -> [B, ...]``, e.g. ``model.apply``.
     params: the network's variables, passed as the first argument of ``apply_fn``.
     parametrization: one of ``PARAMETRIZATIONS``.
+    conditioning: what the network receives as its second argument: one of
+      ``CONDITIONINGS`` ("time": t; "sigma": σ̃(t) = s(t)/m(t); "ddpm_step": 999·t/T).
+    labels: optional class labels [B], passed as ``apply_fn(params, x, cond, labels)``.
 
   Returns:
     ``score_fn(x [B, ...], t [] or [B]) -> [B, ...]``; t is broadcast to [B] before it
     reaches the network.
 
   Raises:
-    ValueError: unknown parametrization.
+    ValueError: unknown parametrization or conditioning.
   """
   if parametrization not in PARAMETRIZATIONS:
     raise ValueError(f"Unknown parametrization {parametrization!r}; choose one of {list(PARAMETRIZATIONS)}.")
+  if conditioning not in CONDITIONINGS:
+    raise ValueError(f"Unknown conditioning {conditioning!r}; choose one of {list(CONDITIONINGS)}.")
+  cond_of = CONDITIONINGS[conditioning]
 
   def network(x: Array, t: Array) -> tuple[Array, Array]:
     t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])  # [B]
-    return apply_fn(params, x, t), t
+    cond = cond_of(sde, t)  # [B]
+    out = apply_fn(params, x, cond) if labels is None else apply_fn(params, x, cond, labels)
+    return out, t
 
   if parametrization == "score":
 

@@ -122,6 +122,7 @@ class Setup:
     tx: the optax chain.
     loss_fn: ``loss_fn(key, sde, score_fn, x) -> scalar`` with the config's options bound.
     parametrization: how the network output becomes a score (``score_fn.get_score_fn``).
+    conditioning: what the network is conditioned on (t, σ̃(t) or 999·t; ``score_fn.CONDITIONINGS``).
     ema_rate: EMA decay of the parameters.
     data_shape: shape of one example, e.g. (2,).
     sampling_method: the sampler's name.
@@ -134,6 +135,7 @@ class Setup:
   tx: Any
   loss_fn: Callable[..., Array]
   parametrization: str
+  conditioning: str
   ema_rate: float
   data_shape: tuple[int, ...]
   sampling_method: str
@@ -144,7 +146,8 @@ class Setup:
     return self.model.apply({"params": params}, x, t)
 
   def score_fn(self, params: Any) -> Callable[[Array, Array], Array]:
-    return score_fn_lib.get_score_fn(self.sde, self.apply, params, parametrization=self.parametrization)
+    return score_fn_lib.get_score_fn(self.sde, self.apply, params, parametrization=self.parametrization,
+                                     conditioning=self.conditioning)
 
 
 def _validate_training(config: ConfigDict) -> None:
@@ -200,6 +203,9 @@ def build(config: ConfigDict) -> Setup:
   parametrization = config.model.parametrization
   _check(parametrization in score_fn_lib.PARAMETRIZATIONS, "config.model.parametrization",
          f"unknown {parametrization!r}; choose one of {list(score_fn_lib.PARAMETRIZATIONS)}.")
+  conditioning = config.model.conditioning
+  _check(conditioning in score_fn_lib.CONDITIONINGS, "config.model.conditioning",
+         f"unknown {conditioning!r}; choose one of {list(score_fn_lib.CONDITIONINGS)}.")
   with _config_field("config.optim"):
     tx = ts_lib.create_optimizer(_as_dict(config.optim))
   loss_options = _as_dict(config.training.get("loss_options"))
@@ -208,7 +214,7 @@ def build(config: ConfigDict) -> Setup:
   with _config_field(f"config.sampling.{method}" if method in sampling.METHODS else "config.sampling.method"):
     options = sampling.resolve_options(sde, method, _as_dict(config.sampling.get(method)))
   setup = Setup(sde=sde, target=target, model=model, tx=tx, loss_fn=loss_fn,
-                parametrization=parametrization, ema_rate=float(config.model.ema_rate),
+                parametrization=parametrization, conditioning=conditioning, ema_rate=float(config.model.ema_rate),
                 data_shape=(target.dim,), sampling_method=method, sampling_options=options)
   # Trace (never compile) the loss with an exact-shape stand-in score, then the whole train
   # step: a wrong loss option or a network that does not return x's shape fails here.

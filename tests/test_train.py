@@ -97,6 +97,7 @@ def test_nonfinite_loss_stops_and_names_the_step(tmp_path):
     ("sde.name", "foo", "config.sde"),
     ("sampling.method", "bogus", "config.sampling"),
     ("model.parametrization", "eps", "config.model.parametrization"),
+    ("model.conditioning", "log_sigma", "config.model.conditioning"),
 ])
 def test_bad_config_values_name_the_field(tmp_path, field, value, message):
   config = _smoke_config()
@@ -141,3 +142,22 @@ def test_score_fn_parametrizations(sde):
   np.testing.assert_allclose(raw(x, 0.5), 2.0 * x + 0.5, rtol=1e-6)
   with pytest.raises(ValueError, match="parametrization"):
     score_fn_lib.get_score_fn(sde, apply_fn, 2.0, parametrization="velocity")
+
+
+@pytest.mark.parametrize("sde", [sde_lib.VESDE(), sde_lib.VPSDE()], ids=["ve", "vp"])
+def test_score_fn_conditioning_and_labels(sde):
+  """The network receives t, σ̃(t) = s(t)/m(t) or 999·t as chosen, and labels when given."""
+  x = jnp.zeros((3, 2))
+  t = jnp.array([0.1, 0.5, 0.9])
+  seen = lambda params, x, cond: x + cond[:, None]  # the raw output shows what the network got
+  got = {c: score_fn_lib.get_score_fn(sde, seen, None, parametrization="score", conditioning=c)(x, t)[:, 0]
+         for c in score_fn_lib.CONDITIONINGS}
+  np.testing.assert_allclose(got["time"], t, rtol=1e-6)
+  np.testing.assert_allclose(got["sigma"], sde.marginal_std(t) / sde.mean_coeff(t), rtol=1e-5)
+  np.testing.assert_allclose(got["ddpm_step"], 999.0 * t, rtol=1e-6)
+  with_labels = lambda params, x, cond, labels: x + labels[:, None]
+  labels = jnp.array([3.0, 1.0, 7.0])
+  out = score_fn_lib.get_score_fn(sde, with_labels, None, parametrization="score", labels=labels)(x, t)
+  np.testing.assert_allclose(out[:, 0], labels)
+  with pytest.raises(ValueError, match="conditioning"):
+    score_fn_lib.get_score_fn(sde, seen, None, conditioning="log_sigma")

@@ -46,6 +46,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   net.num_fourier_features = 32
   net.zero_init_output = False
   model.parametrization = "noise"
+  model.conditioning = "time"  # the network sees t; "sigma" for NCSN++'s Fourier embedding of log σ̃
   model.ema_rate = 0.999
 
   config.optim = optim = ml_collections.ConfigDict()
