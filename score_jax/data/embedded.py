@@ -34,13 +34,15 @@ Preprocessing, as in score_sde's ``datasets.py``:
 * ``data_range``: the affine map of [0, 1] onto (lo, hi); (0, 1) keeps it, (−1, 1) is
   score_sde's ``data.centered``.
 
-Batching (``EmbeddedDataset.batch_at``) is a pure function of (seed, step): the data form
+Batching (``IndexedDataset``, the base of ``EmbeddedDataset`` and of the file-backed
+datasets of ``score_jax.data.pipeline``) is a pure function of (seed, step): the data form
 an endless stream, epoch after epoch, each epoch a permutation of the dataset drawn from
 ``default_rng([seed, 0, epoch])``; the global batch of step s is stream positions
 [s·B, (s+1)·B), and process p of P takes its contiguous B/P share.  The flip bit and
 dequantization noise of an example come from ``default_rng([seed, 1, epoch, index])``,
 so the global batch is the same for every process count, and a resumed run sees exactly
-the stream of an uninterrupted one.
+the stream of an uninterrupted one.  After the gather, every dataset runs the same
+``preprocess_batch``: flip, dequantize, map to ``data_range``.
 """
 
 from __future__ import annotations
@@ -463,8 +465,138 @@ def batch_positions(step: int, *, num_examples: int, global_batch_size: int, see
   return epochs, indices
 
 
+def example_randomness(epochs: np.ndarray, indices: np.ndarray, *, seed: int, shape: tuple[int, ...],
+                       dequantize: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """The flip bits and dequantization noise of the examples at (epoch, index).
+
+  Each example draws from its own ``default_rng([seed, 1, epoch, index])``: first the flip
+  bit, then (if ``dequantize``) its noise, so a batch does not depend on how it was split
+  between processes, and the flip bit does not depend on ``dequantize``.
+
+  Args:
+    epochs: int [b], the epoch of each example.
+    indices: int [b], its dataset index.
+    seed: the batching seed (any integer).
+    shape: (H, W, C) of one example.
+    dequantize: whether to draw the noise.
+
+  Returns:
+    (flip bool [b], noise float32 [b, H, W, C] in [0, 1) or None).
+  """
+  seed = _seed_entropy(seed)
+  flip = np.zeros(len(indices), bool)  # [b]
+  noise = np.empty((len(indices), *shape), np.float32) if dequantize else None
+  for j, (e, i) in enumerate(zip(np.asarray(epochs).tolist(), np.asarray(indices).tolist())):
+    rng = np.random.default_rng([seed, _STREAM_EXAMPLE, e, i])
+    flip[j] = rng.random() < 0.5  # drawn first, so it does not depend on dequantization
+    if noise is not None:
+      noise[j] = rng.random(shape, dtype=np.float32)
+  return flip, noise
+
+
+def preprocess_batch(images: np.ndarray, epochs: np.ndarray, indices: np.ndarray, *, seed: int, levels: int,
+                     random_flip: bool, uniform_dequantization: bool,
+                     data_range: tuple[float, float]) -> np.ndarray:
+  """Integer-level images of a batch -> model inputs: flip, dequantize, map to ``data_range``.
+
+  The one place where every dataset (embedded, folder, tfds, tfrecords) turns its gathered
+  uint8 images into floats.
+
+  Args:
+    images: integer [b, H, W, C] in 0..levels−1, the examples at (epochs, indices).
+    epochs: int [b] (from ``batch_positions``).
+    indices: int [b] dataset indices.
+    seed: the batching seed.
+    levels: quantization levels of ``images``.
+    random_flip: mirror each example whose flip bit is set.
+    uniform_dequantization: (k + u) / levels instead of k / (levels − 1).
+    data_range: (lo, hi) that [0, 1] is mapped onto.
+
+  Returns:
+    float32 [b, H, W, C] in ``data_range``.
+  """
+  noise = None
+  if random_flip or uniform_dequantization:
+    flip, noise = example_randomness(epochs, indices, seed=seed, shape=images.shape[1:],
+                                     dequantize=uniform_dequantization)
+    if random_flip:
+      images = flip_horizontal(images, flip)
+  x = to_unit_interval(images, levels=levels, noise=noise)  # [b, H, W, C] in [0, 1]
+  return to_data_range(x, data_range)
+
+
+class IndexedDataset:
+  """Batching shared by every dataset of random-access integer images (a mixin).
+
+  A subclass provides ``__len__``, ``levels``, ``random_flip``, ``uniform_dequantization``,
+  ``data_range`` and ``images_at(indices) -> (uint8 [n, H, W, C], int32 [n])``; this class
+  turns them into the deterministic, host-sharded ``batch_at`` and ``iterate``.
+  """
+
+  levels: int
+  random_flip: bool
+  uniform_dequantization: bool
+  data_range: tuple[float, float]
+
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  def images_at(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The stored examples ``indices``: (uint8 [n, H, W, C] in 0..levels−1, int32 [n] labels)."""
+    raise NotImplementedError
+
+  def batch_at(self, step: int, *, global_batch_size: int, seed: int, process_index: int = 0,
+               process_count: int = 1) -> dict[str, np.ndarray]:
+    """This process's share of the global batch of ``step``; a pure function of (seed, step).
+
+    Args:
+      step: training step, >= 0.
+      global_batch_size: B over all processes, divisible by ``process_count``.
+      seed: the batching seed (any integer).
+      process_index: this process, 0..P−1 (``jax.process_index()``).
+      process_count: P (``jax.process_count()``).
+
+    Returns:
+      {"image": float32 [B/P, H, W, C] in ``data_range``, "label": int32 [B/P]}.
+
+    Raises:
+      ValueError: a bad argument, named in the message.
+    """
+    epochs, indices = batch_positions(step, num_examples=len(self), global_batch_size=global_batch_size,
+                                      seed=seed, process_index=process_index, process_count=process_count)
+    images, labels = self.images_at(indices)  # [b, H, W, C] uint8, [b] int32
+    image = preprocess_batch(images, epochs, indices, seed=seed, levels=self.levels, random_flip=self.random_flip,
+                             uniform_dequantization=self.uniform_dequantization, data_range=self.data_range)
+    return {"image": image, "label": labels}
+
+  def iterate(self, start_step: int = 0, *, global_batch_size: int, seed: int, process_index: int = 0,
+              process_count: int = 1, num_steps: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+    """``batch_at`` for steps start_step, start_step + 1, ... (``num_steps`` of them, or forever).
+
+    Args:
+      start_step: the first step (a resumed run's restored step).
+      global_batch_size, seed, process_index, process_count: as in ``batch_at``.
+      num_steps: how many batches; None for an endless iterator.
+
+    Returns:
+      An iterator over the batches of ``batch_at``; bad arguments raise here, not at the first next().
+    """
+    batch_positions(start_step, num_examples=len(self), global_batch_size=global_batch_size, seed=seed,
+                    process_index=process_index, process_count=process_count)
+    if num_steps is not None:
+      _check_int(num_steps, "num_steps", 0)
+    return self._iterate(start_step, global_batch_size, seed, process_index, process_count, num_steps)
+
+  def _iterate(self, step, global_batch_size, seed, process_index, process_count, num_steps):
+    stop = None if num_steps is None else step + num_steps
+    while stop is None or step < stop:
+      yield self.batch_at(step, global_batch_size=global_batch_size, seed=seed, process_index=process_index,
+                          process_count=process_count)
+      step += 1
+
+
 @dataclasses.dataclass(frozen=True)
-class EmbeddedDataset:
+class EmbeddedDataset(IndexedDataset):
   """An embedded dataset with its preprocessing; the arrays are built on first use and cached.
 
   Attributes:
@@ -517,63 +649,9 @@ class EmbeddedDataset:
     """float32 [N, H, W, C] in [0, 1], k / (levels − 1): the data without random preprocessing."""
     return to_unit_interval(self.images, levels=self.levels)
 
-  def batch_at(self, step: int, *, global_batch_size: int, seed: int, process_index: int = 0,
-               process_count: int = 1) -> dict[str, np.ndarray]:
-    """This process's share of the global batch of ``step``; a pure function of (seed, step).
-
-    Args:
-      step: training step, >= 0.
-      global_batch_size: B over all processes, divisible by ``process_count``.
-      seed: the batching seed (any integer).
-      process_index: this process, 0..P−1 (``jax.process_index()``).
-      process_count: P (``jax.process_count()``).
-
-    Returns:
-      {"image": float32 [B/P, H, W, C] in ``data_range``, "label": int32 [B/P]}.
-
-    Raises:
-      ValueError: a bad argument, named in the message.
-    """
-    epochs, indices = batch_positions(step, num_examples=len(self), global_batch_size=global_batch_size,
-                                      seed=seed, process_index=process_index, process_count=process_count)
-    images = self.images[indices]  # [b, H, W, C] uint8
-    noise = None
-    if self.random_flip or self.uniform_dequantization:
-      seed = _seed_entropy(seed)
-      flip = np.zeros(len(indices), bool)  # [b]
-      noise = np.empty(images.shape, np.float32) if self.uniform_dequantization else None
-      for j, (e, i) in enumerate(zip(epochs.tolist(), indices.tolist())):
-        rng = np.random.default_rng([seed, _STREAM_EXAMPLE, e, i])
-        flip[j] = rng.random() < 0.5  # drawn first, so it does not depend on dequantization
-        if noise is not None:
-          noise[j] = rng.random(images.shape[1:], dtype=np.float32)
-      if self.random_flip:
-        images = flip_horizontal(images, flip)
-    x = to_unit_interval(images, levels=self.levels, noise=noise)  # [b, H, W, C] in [0, 1]
-    return {"image": to_data_range(x, self.data_range), "label": self.labels[indices]}
-
-  def iterate(self, start_step: int = 0, *, global_batch_size: int, seed: int, process_index: int = 0,
-              process_count: int = 1, num_steps: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
-    """``batch_at`` for steps start_step, start_step + 1, ... (``num_steps`` of them, or forever).
-
-    Args:
-      start_step: the first step (a resumed run's restored step).
-      global_batch_size, seed, process_index, process_count: as in ``batch_at``.
-      num_steps: how many batches; None for an endless iterator.
-
-    Returns:
-      An iterator over the batches of ``batch_at``; bad arguments raise here, not at the first next().
-    """
-    batch_positions(start_step, num_examples=len(self), global_batch_size=global_batch_size, seed=seed,
-                    process_index=process_index, process_count=process_count)
-    return self._iterate(start_step, global_batch_size, seed, process_index, process_count, num_steps)
-
-  def _iterate(self, step, global_batch_size, seed, process_index, process_count, num_steps):
-    stop = None if num_steps is None else step + num_steps
-    while stop is None or step < stop:
-      yield self.batch_at(step, global_batch_size=global_batch_size, seed=seed, process_index=process_index,
-                          process_count=process_count)
-      step += 1
+  def images_at(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The examples ``indices``: (uint8 [n, H, W, C] in 0..levels−1, int32 [n] labels)."""
+    return self.images[indices], self.labels[indices]
 
 
 def get_dataset(name: str, *, split: str = "train", image_size: Optional[int] = None,
