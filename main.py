@@ -15,18 +15,25 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from score_jax import experiment
+from score_jax import sample
 from score_jax import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with a variant: path.py:smoke.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "train: train (resuming) then sample; sample: draw "
-                  "from the latest checkpoint.")
+flags.DEFINE_enum("mode", "train", ["train", "sample"], "train: train (resuming from the latest checkpoint) "
+                  "then sample; sample: draw from the EMA parameters of the latest checkpoint.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU / GPU / "
+                  "SLURM launches; the coordinator is found from the environment unless given below).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed without autodetection.")
+flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed without autodetection.")
+flags.DEFINE_integer("process_id", None, "This process's index, for --distributed without autodetection.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors a user can fix from the command line: one line, no traceback.
-USER_ERRORS = (train.ConfigError, FileNotFoundError, FileExistsError, train.NonFiniteLossError)
+USER_ERRORS = (experiment.ConfigError, FileNotFoundError, FileExistsError, train.NonFiniteLossError)
 
 
 def _quiet_orbax(record) -> bool:
@@ -39,11 +46,15 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  if FLAGS.distributed:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
   try:
     if FLAGS.mode == "train":
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
-      train.sample(FLAGS.config, FLAGS.workdir)
+      sample.sample(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")
 

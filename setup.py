@@ -20,11 +20,15 @@ setup(
         "ml-collections>=1.1.0",
         "diffrax>=0.7.2",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
         "pillow>=10.0",
         "matplotlib>=3.8",
         "scikit-learn>=1.4",  # ships the embedded 8x8 digits dataset
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.12"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.12", "tensorflow-datasets>=4.9.10"],
+        # data kind "tfds": random access to array_record data via tfds.data_source; no TensorFlow
+        # (it brings array-record on Linux, and pyarrow, dm-tree, tensorflow-metadata, ...).
+        "tfds": ["tensorflow-datasets>=4.9.10"],
     },
 )

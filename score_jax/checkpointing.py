@@ -1,8 +1,10 @@
 """Orbax checkpoints in ``<workdir>/checkpoints``: save every N steps, keep the last K,
-and resume from the latest one automatically.
+and resume from the latest one automatically; EMA-only exports in ``<workdir>/ema/<step>``.
 
 A thin wrapper over ``orbax.checkpoint.CheckpointManager`` so train and sample code
-says what it means (``latest_step``, ``restore``, ``save``) and nothing else.
+says what it means (``latest_step``, ``restore``, ``save``) and nothing else.  An export
+holds only the EMA parameters (a third of a full Adam checkpoint): what sampling and
+evaluation need, and what one copies to another machine.
 """
 
 from __future__ import annotations
@@ -16,6 +18,40 @@ import orbax.checkpoint as ocp
 def checkpoint_dir(workdir: str) -> str:
   """Absolute path of the checkpoint folder of ``workdir``."""
   return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def export_dir(workdir: str) -> str:
+  """Absolute path of the EMA-export folder of ``workdir``."""
+  return os.path.join(os.path.abspath(workdir), "ema")
+
+
+def export_params(workdir: str, step: int, params: Any) -> Optional[str]:
+  """Writes ``params`` (the EMA parameters) to ``<workdir>/ema/<step>``; never overwrites.
+
+  Returns:
+    The export's path, or None when that step was already exported (left as it is).
+  """
+  path = os.path.join(export_dir(workdir), str(step))
+  if os.path.exists(path):
+    return None
+  os.makedirs(export_dir(workdir), exist_ok=True)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path, params)
+  return path
+
+
+def exported_steps(workdir: str) -> list[int]:
+  """Steps with a finished EMA export, ascending (Orbax's temporary folders are skipped)."""
+  root = export_dir(workdir)
+  if not os.path.isdir(root):
+    return []
+  return sorted(int(n) for n in os.listdir(root) if n.isdigit())
+
+
+def load_exported_params(workdir: str, step: int, target: Any) -> Any:
+  """Restores the EMA export of ``step``; ``target`` gives the tree (e.g. from eval_shape)."""
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(os.path.join(export_dir(workdir), str(step)), target)
 
 
 class Checkpointer:

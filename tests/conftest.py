@@ -1,9 +1,16 @@
-"""Test-wide JAX settings: a persistent compilation cache so reruns skip XLA compiles."""
+"""Test-wide settings: a persistent JAX compilation cache so reruns skip XLA compiles, and the
+repository root on sys.path for the config files."""
 
 import os
 import pathlib
+import sys
 
 import jax
+
+# Config files import their bases as ``from configs import default_ve`` (main.py runs from the root).
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
 
 _CACHE = os.environ.get("SCORE_JAX_TEST_CACHE", str(pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", _CACHE)

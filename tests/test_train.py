@@ -13,6 +13,7 @@ import pytest
 
 from score_jax import score_fn as score_fn_lib
 from score_jax import sde as sde_lib
+from score_jax import sample as sample_lib
 from score_jax import train
 from score_jax.models import MLPScore, get_model
 
@@ -66,7 +67,7 @@ def test_train_resume_and_sample(tmp_path):
   assert pathlib.Path(first.metrics_path).read_bytes() == first_bytes
 
   # --mode=sample: a new folder per call, from the latest checkpoint's EMA parameters.
-  outs = [train.sample(config, workdir) for _ in range(2)]
+  outs = [sample_lib.sample(config, workdir) for _ in range(2)]
   assert [os.path.relpath(o, workdir) for o in outs] == [os.path.join("samples", "0"), os.path.join("samples", "1")]
   for out in outs:
     assert sorted(os.listdir(out)) == ["metrics.json", "samples.npz", "samples.png"]
@@ -78,7 +79,7 @@ def test_train_resume_and_sample(tmp_path):
 
 def test_sample_without_checkpoint_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"No checkpoint.*--mode=train"):
-    train.sample(_smoke_config(), str(tmp_path / "empty"))
+    sample_lib.sample(_smoke_config(), str(tmp_path / "empty"))
 
 
 def test_nonfinite_loss_stops_and_names_the_step(tmp_path):

@@ -66,14 +66,20 @@ class MLPScore(nn.Module):
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, x: Array, t: Array) -> Array:
+  def __call__(self, x: Array, t: Array, labels: Array | None = None, train: bool = False) -> Array:
     """Args:
       x: [B, ...] inputs (flattened internally).
       t: [B] (or scalar) times, as the SDE defines them.
+      labels: must be None (the MLP is unconditional); the argument keeps the signature of
+        every score_jax network, ``(x, cond, labels=None, train=False)``.
+      train: unused (no dropout); same reason.
 
     Returns:
       [B, ...], the shape of x.
     """
+    del train
+    if labels is not None:
+      raise ValueError("MLPScore is unconditional: it takes no labels (use model 'unet' or 'ncsnpp' with num_classes).")
     batch = x.shape[0]
     t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (batch,))  # [B]
     temb = GaussianFourierFeatures(self.num_fourier_features, self.fourier_scale, name="time_fourier")(t)  # [B, 2F]

@@ -1,0 +1,422 @@
+"""A config becomes components here, and only here: ``build(config) -> Setup``.
+
+Every component gets plain arguments, never the ConfigDict:
+
+    config.sde       sde_lib.get_sde(name, **config.sde[name])              the forward SDE
+    config.data      toy.get_target(name, **config.data[name])   (kind "toy": exact samples)
+                     pipeline.get_dataset(kind, name, ...)       (images: embedded, folder,
+                                                                  tfds, tfrecords)
+    config.model     models.get_model(name, **config.model.network)         the network (its
+                     image_size / num_channels / num_classes come from the data), plus its
+                     parametrization, conditioning and ema_rate
+    config.optim     train_state.create_optimizer(config.optim)             clip -> Adam + warmup
+    config.training  losses.<loss>(**loss_options), batch size, steps, checkpoints, logging
+    config.sampling  sampling.sample(method, **config.sampling[method])
+
+Sections keyed by the chosen name (``config.sde.ve``, ``config.sampling.ode``, ...) keep the
+options of the alternatives, so ``--config.sde.name=ve`` or ``--config.sampling.method=ode``
+switch components from the command line.
+
+``build`` validates everything and traces (never compiles) the train step and the sampler
+abstractly, so a bad value fails in seconds with ``ConfigError``, whose message starts with
+the config field, before any compilation and before the workdir is touched.
+
+Randomness: five streams are folded from ``jax.random.key(config.seed)`` (init, train,
+data, sample, eval); see ``keys``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from score_jax import losses
+from score_jax import models
+from score_jax import sampling
+from score_jax import score_fn as score_fn_lib
+from score_jax import sde as sde_lib
+from score_jax import sharding as sharding_lib
+from score_jax import train_state as ts_lib
+from score_jax.data import pipeline
+from score_jax.data import toy
+
+Array = Any
+ConfigDict = ml_collections.ConfigDict
+
+LOSSES: dict[str, Callable[..., Array]] = {
+    "dsm": losses.dsm_loss,
+    "smld": losses.smld_loss,
+    "ddpm": losses.ddpm_loss,
+}
+IMAGE_KINDS = tuple(pipeline.KINDS)
+DATA_KINDS = ("toy",) + IMAGE_KINDS
+KEY_STREAMS = ("init", "train", "data", "sample", "eval")
+
+
+class ConfigError(ValueError):
+  """A bad config value, found before anything compiles; the message starts with the field."""
+
+
+@contextlib.contextmanager
+def config_field(field: str, sep: str = ": ") -> Iterator[None]:
+  """Re-raises a ValueError/TypeError/FileNotFoundError as ConfigError prefixed with ``field``.
+
+  ``sep="."`` suits messages that start with an option name ("path: ..." becomes
+  "config.data.path: ...").
+  """
+  try:
+    yield
+  except ConfigError:
+    raise
+  except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    raise ConfigError(f"{field}{sep}{e}") from e
+
+
+def check(cond: bool, field: str, message: str) -> None:
+  if not cond:
+    raise ConfigError(f"{field}: {message}")
+
+
+def is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def as_dict(section: Any) -> dict[str, Any]:
+  """A ConfigDict (or mapping, or None) as a plain dict, recursively."""
+  if section is None:
+    return {}
+  if isinstance(section, ConfigDict):
+    return section.to_dict()
+  return dict(section)
+
+
+def keys(seed: int) -> dict[str, jax.Array]:
+  """The run's base keys, one per stream in ``KEY_STREAMS``, folded from ``key(seed)``."""
+  base = jax.random.key(seed)
+  return {name: jax.random.fold_in(base, i) for i, name in enumerate(KEY_STREAMS)}
+
+
+# --- data ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ToyData:
+  """An analytic target; batches are exact samples drawn on the device.
+
+  Attributes:
+    name: the target's name.
+    target: a ``score_jax.data.toy`` target (``sample``, ``log_prob``, exact scores).
+  """
+
+  name: str
+  target: Any
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (self.target.dim,)
+
+  @property
+  def num_classes(self) -> int:
+    return 0
+
+  def sample(self, key: jax.Array, batch_size: int) -> dict[str, Array]:
+    """{"image": [batch_size, D]} exact samples (traceable)."""
+    return {"image": self.target.sample(key, batch_size)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+  """An image dataset fed from the host.
+
+  Attributes:
+    name: the dataset's name.
+    train: the training split (``pipeline`` dataset: ``batch_at``, ``info``, ``data_range``).
+    eval_split: name of the held-out split, built on demand by ``load_split``.
+    build_split: ``split -> dataset`` with the same options as ``train``.
+  """
+
+  name: str
+  train: Any
+  eval_split: str
+  build_split: Callable[[str], Any]
+
+  @property
+  def info(self) -> Any:
+    return self.train.info
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    info = self.train.info
+    return (info.image_size, info.image_size, info.channels)
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.train.info.num_classes)
+
+  @property
+  def data_range(self) -> tuple[float, float]:
+    return tuple(self.train.data_range)
+
+  def load_split(self, split: str) -> Any:
+    return self.build_split(split)
+
+
+Data = Union[ToyData, ImageData]
+
+
+def _data_range(centered: Any) -> tuple[float, float]:
+  return (-1.0, 1.0) if centered else (0.0, 1.0)
+
+
+def build_data(config: ConfigDict) -> Data:
+  """The data of ``config.data`` (nothing is read from disk beyond listing files)."""
+  d = config.data
+  check(d.kind in DATA_KINDS, "config.data.kind", f"unknown data kind {d.kind!r}; choose one of {list(DATA_KINDS)}.")
+  if d.kind == "toy":
+    with config_field("config.data"):
+      return ToyData(name=d.name, target=toy.get_target(d.name, **as_dict(d.get(d.name))))
+  for field in ("image_size", "random_flip", "uniform_dequantization", "centered", "split", "eval_split", "path"):
+    check(field in d, f"config.data.{field}", f"missing; image data (kind {d.kind!r}) need it "
+          "(see configs/default_ve.py for every field).")
+  image_size = d.image_size
+  check(image_size is None or (is_int(image_size) and image_size >= 1), "config.data.image_size",
+        f"must be an integer >= 1 (or None for the dataset's own size), got {image_size!r}.")
+
+  def build_split(split: str) -> Any:
+    with config_field("config.data.", sep=""):
+      return pipeline.get_dataset(d.kind, d.name, split=split, path=d.path or None, image_size=image_size,
+                                  random_flip=d.random_flip, uniform_dequantization=d.uniform_dequantization,
+                                  data_range=_data_range(d.centered), **as_dict(d.get("options")))
+
+  return ImageData(name=d.name, train=build_split(d.split), eval_split=d.eval_split,
+                   build_split=functools.lru_cache(maxsize=2)(build_split))
+
+
+# --- setup --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything built from a config, before anything is compiled.
+
+  Attributes:
+    sde: the forward SDE.
+    data: ``ToyData`` (exact samples on the device) or ``ImageData`` (host-fed batches).
+    model: the (unbound) Flax network, called as ``(x, cond, labels=None, train=False)``.
+    tx: the optax chain.
+    lr_schedule: step -> learning rate (for logging; the chain holds its own copy).
+    loss_fn: ``loss_fn(key, sde, score_fn, x) -> scalar`` with the config's options bound.
+    parametrization: how the network output becomes a score (``score_fn.get_score_fn``).
+    conditioning: what the network is conditioned on (t, σ̃(t) or 999·t; ``score_fn.CONDITIONINGS``).
+    ema_rate: EMA decay of the parameters.
+    num_classes: classes of a class-conditional network; 0 when unconditional.
+    label_dropout: probability of replacing a label by the null id while training
+      (classifier-free guidance); 0 disables.
+    batch_size: the global batch size.
+    skip_nonfinite: skip (instead of stop at) updates whose loss or gradient is not finite.
+    mesh: the data-parallel mesh over all devices.
+    sampling_method: the sampler's name.
+    sampling_options: its options, defaults filled in.
+    seed: ``config.seed`` (keys come from ``keys(seed)``; image batching uses it directly).
+  """
+
+  sde: sde_lib.SDE
+  data: Data
+  model: Any
+  tx: optax.GradientTransformation
+  lr_schedule: optax.Schedule
+  loss_fn: Callable[..., Array]
+  parametrization: str
+  conditioning: str
+  ema_rate: float
+  num_classes: int
+  label_dropout: float
+  batch_size: int
+  skip_nonfinite: bool
+  mesh: jax.sharding.Mesh
+  sampling_method: str
+  sampling_options: dict[str, Any]
+  seed: int
+
+  @property
+  def data_shape(self) -> tuple[int, ...]:
+    return self.data.shape
+
+  def apply(self, params: Any, x: Array, cond: Array, labels: Array | None = None, *, train: bool = False,
+            dropout_key: jax.Array | None = None) -> Array:
+    """The network on its ``"params"`` collection: x [B, ...], cond [B] -> [B, ...]."""
+    rngs = {"dropout": dropout_key} if train and dropout_key is not None else None
+    return self.model.apply({"params": params}, x, cond, labels, train=train, rngs=rngs)
+
+  def score_fn(self, params: Any, labels: Array | None = None, *, train: bool = False,
+               dropout_key: jax.Array | None = None) -> Callable[[Array, Array], Array]:
+    """``score_fn(x, t)`` of the network with ``params`` (labels bound when given)."""
+    apply = functools.partial(self.apply, train=train, dropout_key=dropout_key)
+    return score_fn_lib.get_score_fn(self.sde, apply, params, parametrization=self.parametrization,
+                                     conditioning=self.conditioning, labels=labels)
+
+
+def _validate_training(config: ConfigDict) -> None:
+  tr = config.training
+  for field in ("num_steps", "batch_size", "snapshot_freq", "max_to_keep", "log_freq"):
+    value = tr[field]
+    check(is_int(value) and value >= 1, f"config.training.{field}", f"must be an integer >= 1, got {value!r}.")
+  sample_freq = tr.get("sample_freq", 0)
+  check(is_int(sample_freq) and sample_freq >= 0, "config.training.sample_freq",
+        f"must be an integer >= 0 (steps between sample grids; 0: only at the end), got {sample_freq!r}.")
+  check(tr.loss in LOSSES, "config.training.loss", f"unknown loss {tr.loss!r}; choose one of {sorted(LOSSES)}.")
+  p = tr.get("label_dropout", 0.0)
+  check(isinstance(p, (int, float)) and 0.0 <= p < 1.0, "config.training.label_dropout",
+        f"must lie in [0, 1), got {p!r}.")
+  op = config.optim
+  check(isinstance(op.lr, (int, float)) and op.lr > 0, "config.optim.lr", f"must be > 0, got {op.lr!r}.")
+  check(is_int(op.warmup) and op.warmup >= 0, "config.optim.warmup", f"must be an integer >= 0, got {op.warmup!r}.")
+  check(0.0 <= op.b1 < 1.0, "config.optim.b1", f"must lie in [0, 1), got {op.b1!r}.")
+  check(0.0 <= op.b2 < 1.0, "config.optim.b2", f"must lie in [0, 1), got {op.b2!r}.")
+  check(op.eps > 0, "config.optim.eps", f"must be > 0, got {op.eps!r}.")
+  rate = config.model.ema_rate
+  check(isinstance(rate, (int, float)) and 0.0 <= rate < 1.0, "config.model.ema_rate",
+        f"must lie in [0, 1), got {rate!r}.")
+  n = config.sampling.num_samples
+  check(is_int(n) and n >= 1, "config.sampling.num_samples", f"must be an integer >= 1, got {n!r}.")
+  check(is_int(config.seed), "config.seed", f"must be an integer, got {config.seed!r}.")
+
+
+def _network_fields(config: ConfigDict, data: Data) -> dict[str, Any]:
+  """``config.model.network`` with the data's image size, channels and classes filled in."""
+  fields = as_dict(config.model.network)
+  if not isinstance(data, ImageData):
+    return fields
+  cls = models.MODELS.get(config.model.name)
+  names = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+  size, _, channels = data.shape
+  for field, value in (("image_size", size), ("num_channels", channels)):
+    if field not in names:
+      continue
+    given = fields.get(field)
+    check(given is None or given == value, f"config.model.network.{field}",
+          f"is {given!r} but the data have {value} (config.data); leave it unset, the data fill it in.")
+    fields[field] = value
+  ch_mult = fields.get("ch_mult")
+  if ch_mult is not None and "image_size" in names:
+    factor = 2 ** (len(ch_mult) - 1)
+    check(size % factor == 0, "config.data.image_size",
+          f"{size} is not divisible by the down-sampling factor {factor} of config.model.network.ch_mult="
+          f"{tuple(ch_mult)} ({len(ch_mult)} levels); use a multiple of {factor} or fewer levels.")
+  if config.model.get("class_conditional", False):
+    check(data.num_classes > 0, "config.model.class_conditional",
+          f"dataset {data.name!r} has no labels; set it to False.")
+    check("num_classes" in names, "config.model.class_conditional",
+          f"model {config.model.name!r} takes no labels; use 'unet' or 'ncsnpp'.")
+    fields["num_classes"] = data.num_classes
+  return fields
+
+
+def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Setup:
+  """Validates ``config`` and builds the SDE, data, network, optimizer, loss and sampler options.
+
+  Nothing is compiled; the train step and the sampler are traced abstractly
+  (``jax.eval_shape``), so any bad value surfaces here.
+
+  Args:
+    config: the full config (sections sde, data, model, optim, training, sampling, seed).
+    mesh: the device mesh; default ``sharding.make_mesh()`` over all devices.
+
+  Returns:
+    The components.
+
+  Raises:
+    ConfigError (a ValueError): a bad config value; the message starts with the config field.
+  """
+  _validate_training(config)
+  mesh = sharding_lib.make_mesh() if mesh is None else mesh
+  try:
+    sharding_lib.check_batch_divisible(config.training.batch_size, mesh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  with config_field("config.sde"):
+    sde = sde_lib.get_sde(config.sde.name, **as_dict(config.sde.get(config.sde.name)))
+  data = build_data(config)
+  fields = _network_fields(config, data)
+  with config_field("config.model"):
+    model = models.get_model(config.model.name, **fields)
+  parametrization = config.model.parametrization
+  check(parametrization in score_fn_lib.PARAMETRIZATIONS, "config.model.parametrization",
+        f"unknown {parametrization!r}; choose one of {list(score_fn_lib.PARAMETRIZATIONS)}.")
+  conditioning = config.model.conditioning
+  check(conditioning in score_fn_lib.CONDITIONINGS, "config.model.conditioning",
+        f"unknown {conditioning!r}; choose one of {list(score_fn_lib.CONDITIONINGS)}.")
+  with config_field("config.optim"):
+    tx = ts_lib.create_optimizer(as_dict(config.optim))
+    lr_schedule = ts_lib.create_learning_rate_schedule(as_dict(config.optim))
+  loss_options = as_dict(config.training.get("loss_options"))
+  loss_fn = functools.partial(LOSSES[config.training.loss], **loss_options)
+  method = config.sampling.method
+  with config_field(f"config.sampling.{method}" if method in sampling.METHODS else "config.sampling.method"):
+    options = sampling.resolve_options(sde, method, as_dict(config.sampling.get(method)))
+  setup = Setup(sde=sde, data=data, model=model, tx=tx, lr_schedule=lr_schedule, loss_fn=loss_fn,
+                parametrization=parametrization, conditioning=conditioning,
+                ema_rate=float(config.model.ema_rate), num_classes=int(fields.get("num_classes", 0) or 0),
+                label_dropout=float(config.training.get("label_dropout", 0.0)),
+                batch_size=config.training.batch_size,
+                skip_nonfinite=bool(config.training.get("skip_nonfinite", False)), mesh=mesh,
+                sampling_method=method, sampling_options=options, seed=config.seed)
+  # Trace (never compile) the loss, first with an exact-shape stand-in score, then with the
+  # network: a wrong loss option or a network that does not return x's shape fails here.
+  k = keys(config.seed)
+  batch = abstract_batch(setup)
+  with config_field("config.training.loss_options"):
+    jax.eval_shape(lambda key, x: loss_fn(key, sde, lambda y, t: -y, x), k["train"], batch["image"])
+
+  def network_loss(params, key, batch):
+    labels = batch.get("label") if setup.num_classes else None
+    return loss_fn(key, sde, setup.score_fn(params, labels, train=True, dropout_key=key), batch["image"])
+
+  with config_field("config.model"):
+    params = jax.eval_shape(functools.partial(init_params, setup), k["init"])
+    jax.eval_shape(network_loss, params, k["train"], batch)
+  return setup
+
+
+def abstract_batch(setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of one global training batch: {"image": [B, ...]} plus {"label": [B]} for images."""
+  batch = {"image": jax.ShapeDtypeStruct((setup.batch_size,) + setup.data_shape, jnp.float32)}
+  if isinstance(setup.data, ImageData):
+    batch["label"] = jax.ShapeDtypeStruct((setup.batch_size,), jnp.int32)
+  return batch
+
+
+# --- state --------------------------------------------------------------------------------
+def init_params(setup: Setup, key: jax.Array) -> Any:
+  """Fresh network parameters from ``key``."""
+  x = jnp.zeros((1,) + setup.data_shape, jnp.float32)  # [1, ...]
+  cond = jnp.ones((1,), jnp.float32)  # [1]
+  return setup.model.init(key, x, cond)["params"]
+
+
+def init_state(setup: Setup, key: jax.Array) -> ts_lib.TrainState:
+  """A fresh TrainState: network parameters from ``key`` and the optimizer's initial state."""
+  return ts_lib.create_train_state(init_params(setup, key), setup.tx)
+
+
+def abstract_state(setup: Setup, key: jax.Array, sharding: Any = None) -> ts_lib.TrainState:
+  """Shapes and dtypes of ``init_state`` (nothing allocated), the restore target.
+
+  Args:
+    setup: the components.
+    key: the init key.
+    sharding: when given, every leaf carries it (e.g. ``sharding.replicated(mesh)``).
+  """
+  shapes = jax.eval_shape(functools.partial(init_state, setup), key)
+  if sharding is None:
+    return shapes
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def num_params(params: Any) -> int:
+  """Number of scalars in a parameter tree (arrays or ShapeDtypeStructs)."""
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))

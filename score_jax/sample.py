@@ -1,0 +1,212 @@
+"""Drawing samples from a model and writing them out: the sample grids of a training run and
+``--mode=sample`` (``sample(config, workdir)``).
+
+Samples are drawn by one jitted call of ``score_jax.sampling.sample`` split over the
+device mesh; sample i's noise comes from ``fold_in(key, i)``, so a picture does not depend
+on the device count.  A class-conditional model draws labels 0, 1, …, K−1, 0, 1, … so each
+row of a K-column grid is one class.
+
+What is written, by data kind:
+
+* images: ``<name>.png`` (a grid), ``<name>.npz`` (samples in the data range, labels);
+* toy targets: ``<name>.png`` (scatter over the density) and sample-quality metrics
+  against the exact target (sliced W2, mode coverage, NLL) in the metrics JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Mapping, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from score_jax import checkpointing
+from score_jax import experiment
+from score_jax import outputs
+from score_jax import sampling
+from score_jax import sharding as sharding_lib
+from score_jax.data import toy
+from score_jax.metrics import samples as sample_metrics
+
+Array = Any
+
+
+def sample_labels(setup: experiment.Setup, num_samples: int) -> Optional[np.ndarray]:
+  """Labels 0..K−1 repeated (int32 [N]) for a class-conditional model, else None."""
+  if not setup.num_classes:
+    return None
+  return (np.arange(num_samples) % setup.num_classes).astype(np.int32)
+
+
+def make_sampler(setup: experiment.Setup, num_samples: int) -> Callable[[Any, jax.Array], tuple[np.ndarray, int]]:
+  """A compiled-once sampler ``draw(params, key) -> (samples [N, ...] numpy, nfe)``.
+
+  The batch is split over the mesh when N is divisible by the device count (else replicated).
+  """
+  mesh = setup.mesh
+  labels = sample_labels(setup, num_samples)
+  shape = (num_samples,) + setup.data_shape
+  split = num_samples % mesh.size == 0
+  out = sharding_lib.data_sharding(mesh) if split else sharding_lib.replicated(mesh)
+
+  @jax.jit
+  def _draw(params, key):
+    y = None if labels is None else jnp.asarray(labels)
+    x, nfe = sampling.sample(key, setup.sde, setup.score_fn(params, y), shape, setup.sampling_method,
+                             **setup.sampling_options)
+    return jax.lax.with_sharding_constraint(x, out), jnp.max(nfe)
+
+  def draw(params: Any, key: jax.Array) -> tuple[np.ndarray, int]:
+    x, nfe = _draw(params, key)
+    if jax.process_count() > 1:
+      x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x), int(nfe)
+
+  return draw
+
+
+def evaluate_toy_samples(key: jax.Array, x: Array, target: Any) -> dict[str, Any]:
+  """Sample-quality metrics against an analytic target.
+
+  Args:
+    key: PRNG key for fresh target samples and projection directions.
+    x: [N, D] model samples.
+    target: the ``score_jax.data.toy`` target.
+
+  Returns:
+    {"sliced_w2", "nll", "nonfinite_fraction"} plus, for a Gaussian mixture, mode coverage,
+    per-mode shares and the worst share / mean / std errors and outlier fraction.
+  """
+  x = np.asarray(x, np.float32)
+  finite = np.all(np.isfinite(x), axis=1)
+  k_ref, k_proj = jax.random.split(key)
+  ref = target.sample(k_ref, x.shape[0])  # [N, D] fresh exact samples
+  out: dict[str, Any] = {
+      "num_samples": int(x.shape[0]),
+      "nonfinite_fraction": float(1.0 - finite.mean()),
+      "sliced_w2": sample_metrics.sliced_wasserstein(k_proj, x[finite], ref) if finite.any() else float("nan"),
+      "sliced_w2_target_vs_target": sample_metrics.sliced_wasserstein(
+          k_proj, np.asarray(target.sample(jax.random.fold_in(k_ref, 1), x.shape[0])), ref),
+      "nll": sample_metrics.nll(x[finite], target) if finite.any() else float("nan"),
+  }
+  if isinstance(target, toy.GaussianMixture):
+    stats = sample_metrics.mode_statistics(x, target)
+    out.update({name: stats[name] for name in (
+        "coverage", "share", "outlier_fraction", "max_share_rel_error", "max_mean_error", "max_std_rel_error")})
+    out["target_weights"] = np.asarray(target.weights)
+  return out
+
+
+def _grid_scale(image_size: int) -> int:
+  """Up-scaling that makes a tile at least ~64 pixels wide (8×8 digits: ×8)."""
+  return max(1, 64 // image_size)
+
+
+def write_samples(setup: experiment.Setup, x: np.ndarray, *, png: str, npz: Optional[str] = None,
+                  metrics_json: Optional[str] = None, title: str = "", eval_key: Optional[jax.Array] = None,
+                  extra: Mapping[str, Any] = ()) -> dict[str, Any]:
+  """Writes samples ``x`` as a picture (grid or scatter), optionally an npz and a metrics JSON.
+
+  Only process 0 writes.  Returns the metrics (toy targets: sample quality; images: ``extra``).
+  """
+  metrics = dict(extra)
+  data = setup.data
+  if isinstance(data, experiment.ToyData) and eval_key is not None:
+    metrics.update(evaluate_toy_samples(eval_key, x, data.target))
+  if jax.process_index() != 0:
+    return metrics
+  labels = sample_labels(setup, x.shape[0])
+  if isinstance(data, experiment.ToyData):
+    summary = f"SW2 {metrics['sliced_w2']:.3f}" if "sliced_w2" in metrics else ""
+    if "coverage" in metrics:
+      summary += f", coverage {metrics['coverage']:.2f}"
+    outputs.plot_samples(png, x, data.target, title=f"{title}\n{summary}".strip())
+  else:
+    ncol = setup.num_classes if setup.num_classes and setup.num_classes <= 16 else None
+    outputs.save_image_grid(png, x, data_range=data.data_range, ncol=ncol, scale=_grid_scale(x.shape[1]))
+  if npz is not None:
+    arrays = {"samples": x}
+    if labels is not None:
+      arrays["labels"] = labels
+    if "step" in metrics:
+      arrays["step"] = np.asarray(metrics["step"])
+    outputs.write_npz(npz, **arrays)
+  if metrics_json is not None:
+    outputs.write_json(metrics_json, metrics)
+  logging.info("Wrote %s.", ", ".join(p for p in (png, npz, metrics_json) if p))
+  return metrics
+
+
+def latest_ema_params(setup: experiment.Setup, workdir: str, step: Optional[int] = None) -> Optional[tuple[int, Any]]:
+  """(step, EMA parameters) of the newest full checkpoint or EMA export in ``workdir``.
+
+  Args:
+    setup: the components (their network must match the checkpoint's).
+    workdir: the run's folder.
+    step: a particular step instead of the newest.
+
+  Returns:
+    (step, params) replicated over the mesh, or None when there is nothing to load.
+  """
+  repl = sharding_lib.replicated(setup.mesh)
+  init_key = experiment.keys(setup.seed)["init"]
+  full: list[int] = []
+  if os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
+      full = ckpt.all_steps()
+  exported = checkpointing.exported_steps(workdir)
+  candidates = sorted(set(full) | set(exported))
+  if not candidates or (step is not None and step not in candidates):
+    return None
+  step = candidates[-1] if step is None else step
+  if step in exported:  # the export is a third of the checkpoint's size
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
+                          jax.eval_shape(lambda k: experiment.init_params(setup, k), init_key))
+    return step, checkpointing.load_exported_params(workdir, step, target)
+  with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
+    state = ckpt.restore(experiment.abstract_state(setup, init_key, repl), step=step)
+  return step, state.ema_params
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """``--mode=sample``: draws ``config.sampling.num_samples`` samples from the EMA parameters of
+  the latest checkpoint (or EMA export) in ``workdir`` into a new folder ``<workdir>/samples/<k>``.
+
+  Writes samples.png, samples.npz and metrics.json (sampler, NFE, time; toy targets: quality).
+
+  Args:
+    config: the full config; its model must match the checkpoint's.
+    workdir: a folder that ``train.train_and_evaluate`` has written checkpoints to.
+
+  Returns:
+    The new folder's path.
+
+  Raises:
+    FileNotFoundError: no checkpoint in ``workdir``.
+    ConfigError (a ValueError): a bad config value.
+  """
+  setup = experiment.build(config)
+  keys = experiment.keys(config.seed)
+  found = latest_ema_params(setup, workdir)
+  if found is None:
+    raise FileNotFoundError(f"No checkpoint found in {checkpointing.checkpoint_dir(workdir)}: run --mode=train "
+                            f"with --workdir={workdir} first.")
+  step, params = found
+  k, out = outputs.next_numbered_dir(os.path.join(workdir, "samples"))
+  key = jax.random.fold_in(jax.random.fold_in(keys["sample"], step), k + 1)
+  t0 = time.perf_counter()
+  x, nfe = make_sampler(setup, config.sampling.num_samples)(params, key)
+  extra = {"step": step, "draw": k, "workdir": os.path.abspath(workdir), "nfe": nfe,
+           "sample_time_s": time.perf_counter() - t0, "num_samples": int(x.shape[0]),
+           "sampling": {"method": setup.sampling_method, **setup.sampling_options}}
+  write_samples(setup, x, png=os.path.join(out, "samples.png"), npz=os.path.join(out, "samples.npz"),
+                metrics_json=os.path.join(out, "metrics.json"),
+                title=f"{setup.data.name}, EMA model at step {step}, draw {k}",
+                eval_key=jax.random.fold_in(keys["eval"], k + 1), extra=extra)
+  return out
