@@ -1,0 +1,118 @@
+"""What every image config shares: the base sections and the ``smoke`` variant.
+
+Config files are loaded by path (``--config=configs/ve/digits.py:smoke``) and import their
+base as ``from configs import default_ve``: run ``main.py`` from the repository root (tests
+and benchmarks put the root on ``sys.path`` themselves).
+
+The ``smoke`` variant keeps the structure of a config — SDE, loss, sampler, network options
+(block type, FIR, progressive growing, embedding) — and shrinks its sizes so a few training
+steps and a sample run in seconds on a CPU: a 2-level, 8-channel network, batch 8, four
+steps, eight samples with few sampler steps.  Configs whose data live on disk (folders,
+TFDS, tfrecords) switch to the embedded ``shapes`` dataset at 16×16 in smoke mode, so the
+variant runs anywhere without a download.
+"""
+
+import ml_collections
+
+VARIANTS = ("", "smoke")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Sections and fields common to all image configs (score_sde's CIFAR-10 defaults)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 42
+
+  config.sde = sde = ml_collections.ConfigDict()
+  sde.name = "ve"
+  sde.ve = ml_collections.ConfigDict(dict(sigma_min=0.01, sigma_max=50.0))
+  sde.vp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0))
+  sde.subvp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0))
+
+  # Data: pipeline.get_dataset(kind, name, ...).  kind: embedded | folder | tfds | tfrecords.
+  config.data = data = ml_collections.ConfigDict()
+  data.kind = "tfds"
+  data.name = "cifar10"
+  data.path = ""  # folder root, TFDS data_dir or tfrecords folder; unused by embedded data
+  data.split = "train"
+  data.eval_split = "test"
+  data.image_size = 32
+  data.random_flip = True
+  data.uniform_dequantization = False
+  data.centered = False  # False: data in [0, 1]; True: in [-1, 1]
+  data.options = ml_collections.ConfigDict()  # dataset-specific options of pipeline.get_dataset
+
+  # Model: models.get_model(name, **network); image_size / num_channels / num_classes come
+  # from the data.  The parametrization (noise -> score) lives outside the network.
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "ncsnpp"
+  model.network = ml_collections.ConfigDict()
+  model.parametrization = "noise"
+  model.conditioning = "sigma"
+  model.ema_rate = 0.999
+  model.class_conditional = False
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = "adam"
+  optim.lr = 2e-4
+  optim.warmup = 5000
+  optim.grad_clip = 1.0
+  optim.b1 = 0.9
+  optim.b2 = 0.999
+  optim.eps = 1e-8
+
+  config.training = training = ml_collections.ConfigDict()
+  training.num_steps = 1_300_001
+  training.batch_size = 128
+  training.loss = "dsm"
+  training.loss_options = ml_collections.ConfigDict(dict(weighting="sigma2", reduce="sum"))
+  training.snapshot_freq = 10_000
+  training.max_to_keep = 5
+  training.log_freq = 50
+  training.sample_freq = 50_000
+  training.skip_nonfinite = False
+  training.label_dropout = 0.0
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = "pc"
+  sampling.num_samples = 64
+  sampling.pc = ml_collections.ConfigDict(dict(
+      predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1, num_steps=1000, denoise=True))
+  sampling.ode = ml_collections.ConfigDict(dict(solver="tsit5", rtol=1e-5, atol=1e-5, denoise=True))
+  sampling.adaptive = ml_collections.ConfigDict(dict(rel_tol=1e-2, abs_tol=None, data_range="[0,1]", denoise=True))
+  sampling.ald = ml_collections.ConfigDict(dict(num_steps=232, n_steps_each=5, denoise=True))
+  return config
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  data = config.data
+  if data.kind not in ("embedded", "toy"):
+    data.kind, data.name, data.path, data.image_size = "embedded", "shapes", "", 16
+    data.options = ml_collections.ConfigDict(dict(num_train=64, num_test=16))
+  net = config.model.network
+  if config.model.name == "ncsnpp":
+    net.nf = 8
+    net.ch_mult = (1, 2)
+    net.num_res_blocks = 1
+    net.attn_resolutions = (data.image_size // 2,)
+  elif config.model.name == "unet":
+    net.nf = 8
+    net.ch_mult = (1, 2)
+  tr = config.training
+  tr.num_steps, tr.batch_size, tr.snapshot_freq, tr.log_freq, tr.sample_freq = 4, 8, 2, 1, 0
+  tr.max_to_keep = 2
+  config.optim.warmup = 2
+  s = config.sampling
+  s.num_samples = 8
+  s.pc.num_steps = 4
+  s.ode.rtol = s.ode.atol = 1e-2
+  s.adaptive.rel_tol = 0.1
+  s.ald.num_steps, s.ald.n_steps_each = 4, 1
+
+
+def finalize(config: ml_collections.ConfigDict, variant: str, path: str) -> ml_collections.ConfigDict:
+  """Applies ``variant`` ("" or "smoke") to a finished config; ``path`` names the file in errors."""
+  if variant not in VARIANTS:
+    raise ValueError(f"{path}: unknown variant {variant!r}; choose one of {list(VARIANTS)}.")
+  if variant == "smoke":
+    _smoke(config)
+  return config

@@ -1,0 +1,99 @@
+"""Every config file imports, validates and builds at smoke size; full sizes are checked abstractly."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from score_jax import experiment
+from score_jax import models
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.py")
+                 if p.name not in ("__init__.py", "common.py"))
+EMBEDDED = ("configs/ve/digits.py", "configs/vp/digits.py", "configs/ve/shapes_32.py", "configs/toy/gmm2d.py")
+
+
+def load(path: str, variant: str = ""):
+  spec = importlib.util.spec_from_file_location(path.replace("/", "_")[:-3], ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module, module.get_config(variant)
+
+
+def test_every_config_is_listed():
+  assert len(CONFIGS) == 14, CONFIGS
+  for name in ("configs/default_ve.py", "configs/default_vp.py", "configs/default_subvp.py", "configs/ve/afhq_512.py",
+               "configs/ve/cifar10_ncsnpp_continuous.py", "configs/ve/celebahq_256.py", "configs/ve/ffhq_1024.py",
+               "configs/ve/church_256.py", "configs/vp/cifar10_ddpmpp_continuous.py",
+               "configs/subvp/cifar10_ddpmpp_continuous.py", *EMBEDDED):
+    assert name in CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_docstring_holds_the_command(path):
+  module, _ = load(path)
+  assert f"python main.py --config={path}" in module.__doc__
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_smoke_variant_builds(path):
+  _, config = load(path, "smoke")
+  setup = experiment.build(config)  # validates and traces the loss through the network
+  assert config.training.num_steps <= 20
+  params = jax.eval_shape(lambda k: experiment.init_params(setup, k), jax.random.key(0))
+  assert experiment.num_params(params) < 200_000
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_unknown_variant_is_rejected(path):
+  with pytest.raises(ValueError, match="unknown variant 'tiny'"):
+    load(path, "tiny")
+
+
+def _full_size_model(config):
+  data = config.data
+  channels = 1 if data.name == "digits" else 3
+  network = dict(config.model.network.to_dict(), image_size=data.image_size, num_channels=channels)
+  return models.get_model(config.model.name, **network), channels
+
+
+def _count(model, size, channels):
+  x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+  cond = jax.ShapeDtypeStruct((1,), jnp.float32)
+  params = jax.eval_shape(lambda k, x, c: model.init(k, x, c)["params"], jax.random.key(0), x, cond)
+  return experiment.num_params(params)
+
+
+def test_afhq_512_parameter_count_without_allocating():
+  _, config = load("configs/ve/afhq_512.py")
+  model, channels = _full_size_model(config)
+  count = _count(model, 512, channels)
+  print(f"configs/ve/afhq_512.py: {count:,} parameters")
+  assert count == pytest.approx(105.7e6, rel=0.002)
+
+
+@pytest.mark.parametrize("path", [c for c in CONFIGS if c not in EMBEDDED and "afhq" not in c])
+def test_full_size_models_trace(path):
+  _, config = load(path)
+  model, channels = _full_size_model(config)
+  assert _count(model, config.data.image_size, channels) > 1_000_000
+
+
+@pytest.mark.parametrize("path", [c for c in CONFIGS if c not in EMBEDDED])
+def test_full_size_config_without_data_says_where_to_put_it(path, tmp_path):
+  _, config = load(path)
+  config.data.path = str(tmp_path / "nowhere")
+  with pytest.raises(experiment.ConfigError) as info:
+    experiment.build(config)
+  message = str(info.value)
+  assert message.startswith("config.data.path") and "\n" not in message, message
+
+
+@pytest.mark.parametrize("path", [c for c in EMBEDDED if "toy" not in c])
+def test_embedded_configs_build_at_full_size(path):
+  _, config = load(path)
+  setup = experiment.build(config)
+  assert setup.data_shape == ((8, 8, 1) if "digits" in path else (32, 32, 3))
