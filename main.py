@@ -48,6 +48,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_quiet_orbax)
   if FLAGS.distributed:
     import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; GPUs / TPUs unaffected
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
   try:

@@ -379,8 +379,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
   finally:
     ckpt.close()
 
-  if jax.process_index() == 0:
-    checkpointing.export_params(workdir, num_steps, state.ema_params)
+  checkpointing.export_params(workdir, num_steps, state.ema_params)  # every process takes part in an Orbax save
   extra = {"step": num_steps, "start_step": start_step, "train_time_s": train_time,
            "steps_per_s": (num_steps - start_step) / train_time if num_steps > start_step else None,
            "final_loss": log.last_loss, "num_params": experiment.num_params(state.params),
