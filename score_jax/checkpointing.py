@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -69,7 +70,8 @@ class Checkpointer:
     self.directory = checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create, enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> Optional[int]:
     """The newest saved step, or None when there is no checkpoint."""
@@ -89,7 +91,8 @@ class Checkpointer:
 
     Args:
       target: a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``)
-        with the saved structure; None restores the raw tree (dicts) as saved.
+        with the saved structure and the shardings wanted; None restores the raw tree (dicts)
+        onto this process's first device, whatever topology saved it.
       step: which step; None for the latest.
 
     Returns:
@@ -101,6 +104,11 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    if target is None:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      saved = self._manager.item_metadata(step)
+      saved = saved.tree if hasattr(saved, "tree") else saved
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
     return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
   def wait(self) -> None:

@@ -1,0 +1,63 @@
+"""kill -9 and SIGTERM during training: the relaunched command resumes from the last checkpoint
+and reaches the same parameters as an uninterrupted run."""
+
+import os
+import re
+import signal
+
+import pytest
+
+import run_main
+
+CONFIG = "configs/ve/digits.py:smoke"
+STEPS = 2000
+OVERRIDES = [f"--config.training.num_steps={STEPS}", "--config.training.snapshot_freq=100",
+             "--config.training.max_to_keep=50", "--config.training.log_freq=100", "--config.sampling.num_samples=4"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """Parameters of an uninterrupted run at step STEPS."""
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  result = run_main.run(run_main.main_command(workdir, CONFIG, OVERRIDES))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return run_main.saved_state(workdir, STEPS)
+
+
+def _relaunch_and_compare(workdir: str, reference: dict, resumed_from: int) -> None:
+  result = run_main.run(run_main.main_command(workdir, CONFIG, OVERRIDES))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Resuming from the checkpoint of step {resumed_from}" in result.stderr
+  final = run_main.saved_state(workdir, STEPS)
+  run_main.assert_trees_close(final["params"], reference["params"])
+  run_main.assert_trees_close(final["ema_params"], reference["ema_params"])
+  run_main.assert_trees_close(final["opt_state"], reference["opt_state"])
+
+
+def test_kill_9_then_relaunch_resumes_and_matches_uninterrupted_run(tmp_path, reference):
+  workdir = str(tmp_path / "killed")
+  proc = run_main.start(run_main.main_command(workdir, CONFIG, OVERRIDES), log=str(tmp_path / "killed.log"))
+  run_main.wait_for_checkpoint(workdir, proc, at_least=100)
+  assert run_main.kill(proc, signal.SIGKILL) == -signal.SIGKILL
+  steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+  last = steps[-1]
+  assert 100 <= last < STEPS, steps  # killed mid-training
+  assert not os.path.exists(os.path.join(workdir, f"samples_step{STEPS}.png"))
+  _relaunch_and_compare(workdir, reference, resumed_from=last)
+
+
+def test_sigterm_saves_the_current_step_exits_0_and_resumes(tmp_path, reference):
+  workdir = str(tmp_path / "preempted")
+  log = str(tmp_path / "preempted.log")
+  proc = run_main.start(run_main.main_command(workdir, CONFIG, OVERRIDES), log=log)
+  run_main.wait_for_checkpoint(workdir, proc, at_least=100)
+  assert run_main.kill(proc, signal.SIGTERM) == 0
+  with open(log) as f:
+    text = f.read()
+  match = re.search(r"SIGTERM: saved the checkpoint of step (\d+)", text)
+  assert match, text[-3000:]
+  saved = int(match.group(1))
+  assert 100 <= saved < STEPS
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(saved)))
+  assert not os.path.exists(os.path.join(workdir, f"samples_step{STEPS}.png"))  # stopped, did not finish
+  _relaunch_and_compare(workdir, reference, resumed_from=saved)
