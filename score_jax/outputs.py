@@ -79,14 +79,14 @@ def next_numbered_dir(root: str) -> tuple[int, str]:
 
 # --- pictures -----------------------------------------------------------------------------
 def image_grid(images: Array, *, data_range: tuple[float, float] = (0.0, 1.0), ncol: int | None = None,
-               padding: int = 1, scale: int = 1) -> np.ndarray:
+               padding: int = 2, scale: int = 1) -> np.ndarray:
   """Tiles images into one uint8 picture.
 
   Args:
     images: [N, H, W, C] with C in {1, 3}, values in ``data_range`` (clipped).
     data_range: (lo, hi) mapped onto 0..255.
     ncol: images per row; default ⌈√N⌉.
-    padding: pixels of white between tiles.
+    padding: pixels of mid-grey between tiles (grey separates both dark and light images).
     scale: integer nearest-neighbour up-scaling of each tile (8×8 digits are tiny).
 
   Returns:
@@ -104,7 +104,7 @@ def image_grid(images: Array, *, data_range: tuple[float, float] = (0.0, 1.0), n
   n, h, w, c = x.shape
   ncol = ncol or int(math.ceil(math.sqrt(n)))
   nrow = int(math.ceil(n / ncol))
-  grid = np.full((nrow * (h + padding) + padding, ncol * (w + padding) + padding, c), 255, np.uint8)
+  grid = np.full((nrow * (h + padding) + padding, ncol * (w + padding) + padding, c), 128, np.uint8)
   for i in range(n):
     r, col = divmod(i, ncol)
     top, left = padding + r * (h + padding), padding + col * (w + padding)

@@ -210,18 +210,19 @@ class ScalarLog:
       self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
   def record(self, step: int, metrics: dict[str, float]) -> None:
-    """Records the metrics of ``step`` (0-based; the state after it has step + 1)."""
+    """Records the metrics of ``step`` (0-based; the state after it has step + 1); writes the
+    window's scalars, labelled step + 1, when step + 1 is a multiple of ``log_freq``."""
     loss = metrics["loss"]
     self.history.append((step, loss))
     if math.isfinite(loss):
       self._loss_ema = loss if self._loss_ema is None else 0.98 * self._loss_ema + 0.02 * loss
     self._window.append(metrics)
+    if (step + 1) % self._log_freq == 0:
+      self.flush(step + 1)
 
-  def advance(self, done: int) -> None:
-    """Steps up to ``done`` are dispatched; writes scalars at multiples of ``log_freq``."""
+  def advance(self) -> None:
+    """One more step dispatched."""
     self._bar.update(1)
-    if done % self._log_freq == 0:
-      self.flush(done)
 
   def flush(self, done: int) -> None:
     if not self._window:
@@ -463,7 +464,7 @@ def _train_loop(step_fn: Callable, state: ts_lib.TrainState, feeder: BatchFeeder
     if sample_freq and done % sample_freq == 0 and done < num_steps:
       settle()
       grid(state, done)
-    log.advance(done)
+    log.advance()
   settle()
-  log.flush(num_steps)
+  log.flush(num_steps)  # the steps after the last multiple of log_freq, if any
   return state, False

@@ -13,8 +13,13 @@ import json, sys
 sys.path.insert(0, {root!r})
 import jax
 from tests.test_configs import load
-from score_jax import train
+from score_jax import experiment, train
 _, config = load("configs/ve/digits.py", "smoke")
+config.training.batch_size = 6
+try:
+  experiment.build(config)
+except experiment.ConfigError as e:
+  print("BAD_BATCH", e)
 config.training.num_steps = 12
 config.training.batch_size = 16
 config.sampling.num_samples = 8
@@ -28,14 +33,20 @@ def _train(workdir: str, devices: int) -> dict:
   result = run_main.run([sys.executable, "-c", SCRIPT.format(root=str(run_main.ROOT), workdir=workdir)],
                         devices=devices)
   assert result.returncode == 0, result.stderr[-3000:]
-  line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))
-  return json.loads(line[len("RESULT "):])
+  lines = result.stdout.splitlines()
+  out = json.loads(next(l for l in lines if l.startswith("RESULT "))[len("RESULT "):])
+  out["bad_batch"] = next((l[len("BAD_BATCH "):] for l in lines if l.startswith("BAD_BATCH ")), None)
+  return out
 
 
 def test_four_devices_match_one_device(tmp_path):
   one = _train(str(tmp_path / "one"), devices=1)
   four = _train(str(tmp_path / "four"), devices=4)
   assert (one["devices"], one["mesh"]) == (1, 1) and (four["devices"], four["mesh"]) == (4, 4)
+  # A batch that does not split over the devices is refused before compiling, naming the field.
+  assert one["bad_batch"] is None
+  assert four["bad_batch"] == ("config.training.batch_size=6: batch size not divisible by the device count "
+                               "(4 devices); use a positive multiple of 4.")
   steps = [s for s, _ in one["history"]]
   assert steps == list(range(12)) and [s for s, _ in four["history"]] == steps
   for (_, a), (_, b) in zip(one["history"], four["history"]):

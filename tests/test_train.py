@@ -162,3 +162,94 @@ def test_score_fn_conditioning_and_labels(sde):
   np.testing.assert_allclose(out[:, 0], labels)
   with pytest.raises(ValueError, match="conditioning"):
     score_fn_lib.get_score_fn(sde, seen, None, conditioning="log_sigma")
+
+
+# --- image training -----------------------------------------------------------------------
+def _digits_smoke():
+  from test_configs import load  # pylint: disable=g-import-not-at-top
+  return load("configs/ve/digits.py", "smoke")[1]
+
+
+def _tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """Scalars of every event file under ``logdir``, read with TensorBoard's own Event proto."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  from score_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for file in sorted(pathlib.Path(logdir).glob("events.out.tfevents.*")):
+    offsets, lengths = pipeline.tfrecord_index(str(file))
+    data = file.read_bytes()
+    for offset, length in zip(offsets.tolist(), lengths.tolist()):
+      event = event_pb2.Event.FromString(data[offset:offset + length])
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def test_digits_train_writes_grids_tensorboard_and_ema_export_then_samples_from_it(tmp_path):
+  workdir = str(tmp_path / "digits")
+  config = _digits_smoke()
+  config.training.num_steps = 6
+  config.training.sample_freq = 3
+  config.training.log_freq = 2
+  result = train.train_and_evaluate(config, workdir)
+  assert not result.preempted and [s for s, _ in result.history] == list(range(6))
+  for name in ("samples_step3.png", "samples_step3.npz", "samples_step6.png", "samples_step6.npz",
+               "metrics_step6.json", "config.json"):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  with np.load(os.path.join(workdir, "samples_step6.npz")) as data:
+    assert data["samples"].shape == (config.sampling.num_samples, 8, 8, 1)
+    assert np.all(np.isfinite(data["samples"]))
+  with open(result.metrics_path) as f:
+    metrics = json.load(f)
+  assert metrics["num_params"] > 1000 and metrics["nfe"] > 0 and math.isfinite(metrics["final_loss"])
+
+  scalars = _tensorboard_scalars(os.path.join(workdir, "tensorboard"))
+  for tag in ("train/loss", "train/loss_ema", "train/grad_norm", "train/lr", "train/images_per_s"):
+    assert [step for step, _ in scalars[tag]] == [2, 4, 6], (tag, scalars.get(tag))
+  assert all(math.isfinite(v) and v > 0 for _, v in scalars["train/loss"])
+  # lr warms up linearly over config.optim.warmup = 2 steps; the value logged at step 6 is step 5's.
+  assert scalars["train/lr"][-1][1] == pytest.approx(config.optim.lr)
+
+  # The EMA export alone is enough to sample (e.g. after copying only ema/ to another machine).
+  assert os.listdir(os.path.join(workdir, "ema")) == ["6"]
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  out = sample_lib.sample(config, workdir)
+  with np.load(os.path.join(out, "samples.npz")) as data:
+    assert data["samples"].shape == (config.sampling.num_samples, 8, 8, 1) and int(data["step"]) == 6
+
+
+def test_skip_nonfinite_skips_updates_instead_of_stopping(tmp_path):
+  config = _smoke_config()
+  config.optim.lr = 1e30
+  config.optim.warmup = 0
+  config.optim.grad_clip = -1.0
+  config.training.skip_nonfinite = True
+  result = train.train_and_evaluate(config, str(tmp_path / "skip"))
+  assert int(result.state.step) == config.training.num_steps  # ran to the end
+  losses = [loss for _, loss in result.history]
+  assert not all(math.isfinite(v) for v in losses)  # some steps were non-finite ...
+  for leaf in jax.tree.leaves(result.state.params):  # ... and were skipped, not applied
+    assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def test_image_size_not_divisible_by_the_downsampling_factor(tmp_path):
+  config = _digits_smoke()
+  config.data.image_size = 10
+  config.model.network.ch_mult = (1, 2, 2)
+  with pytest.raises(train.ConfigError, match=r"^config\.data\.image_size: 10 is not divisible .* factor 4"):
+    train.train_and_evaluate(config, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")
+
+
+def test_main_rejects_an_unknown_mode_in_one_line(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  result = subprocess.run([sys.executable, str(root / "main.py"), "--config=configs/ve/digits.py:smoke",
+                           f"--workdir={tmp_path}", "--mode=fly"], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode != 0
+  errors = [l for l in result.stderr.splitlines() if "--mode" in l]
+  assert errors and "value should be one of" in errors[0], result.stderr

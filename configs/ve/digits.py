@@ -35,13 +35,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.optim.lr = 2e-3
   config.optim.warmup = 200
   tr = config.training
-  tr.num_steps = 6000
-  tr.batch_size = 128
+  tr.num_steps = 4000
+  tr.batch_size = 64
   tr.loss_options = ml_collections.ConfigDict(dict(weighting="sigma2", reduce="mean"))
   tr.snapshot_freq = 1000
   tr.max_to_keep = 3
   tr.log_freq = 100
-  tr.sample_freq = 2000
+  tr.sample_freq = 1000
 
   s = config.sampling
   s.num_samples = 100
