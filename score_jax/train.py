@@ -156,18 +156,21 @@ class BatchFeeder:
 
 # --- preemption ---------------------------------------------------------------------------
 class Preemption:
-  """Turns SIGTERM into a flag the training loop polls (installed from the main thread only).
+  """Whether to stop and save, polled by the training loop once per step.
 
-  On several processes the flag is agreed on with JAX's preemption sync point, so every
-  process saves the same step.
+  One process: a SIGTERM handler (installed from the main thread) sets a flag.  Several
+  processes: JAX's preemption sync point, fed by the distributed runtime's own SIGTERM
+  notifier, which makes every process agree on the same step to save (a save is collective:
+  one process saving alone would hang); no Python handler is installed there.
   """
 
   def __init__(self):
     self._event = threading.Event()
     self._previous = None
+    self._multiprocess = jax.process_count() > 1
 
   def __enter__(self) -> "Preemption":
-    if threading.current_thread() is threading.main_thread():
+    if not self._multiprocess and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._event.set())
     return self
 
@@ -176,13 +179,13 @@ class Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
   def requested(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      try:
-        return self._event.is_set() or multihost_utils.reached_preemption_sync_point(step)
-      except RuntimeError:  # the preemption service is not running
-        pass
-    return self._event.is_set()
+    if not self._multiprocess:
+      return self._event.is_set()
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    try:
+      return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:  # the distributed runtime was started without its preemption service
+      return False
 
 
 # --- logging ------------------------------------------------------------------------------
