@@ -44,29 +44,39 @@ def sample_labels(setup: experiment.Setup, num_samples: int) -> Optional[np.ndar
   return (np.arange(num_samples) % setup.num_classes).astype(np.int32)
 
 
-def make_sampler(setup: experiment.Setup, num_samples: int) -> Callable[[Any, jax.Array], tuple[np.ndarray, int]]:
+def make_sampler(setup: experiment.Setup, num_samples: int, *,
+                 batch_size: Optional[int] = None) -> Callable[[Any, jax.Array], tuple[np.ndarray, int]]:
   """A compiled-once sampler ``draw(params, key) -> (samples [N, ...] numpy, nfe)``.
 
-  The batch is split over the mesh when N is divisible by the device count (else replicated).
+  Samples are drawn ``batch_size`` at a time (default: all N in one call); sample j gets the
+  key ``fold_in(key, j)`` whatever the chunking, so N samples are the same for any batch size
+  (up to the batch-averaged step size of the ``langevin`` corrector).  Each chunk is split
+  over the mesh when its size is divisible by the device count (else replicated).
   """
   mesh = setup.mesh
-  labels = sample_labels(setup, num_samples)
-  shape = (num_samples,) + setup.data_shape
-  split = num_samples % mesh.size == 0
-  out = sharding_lib.data_sharding(mesh) if split else sharding_lib.replicated(mesh)
+  chunk = min(num_samples, batch_size or num_samples)
+  shape = (chunk,) + setup.data_shape
+  out = sharding_lib.data_sharding(mesh) if chunk % mesh.size == 0 else sharding_lib.replicated(mesh)
+  num_classes = setup.num_classes
 
   @jax.jit
-  def _draw(params, key):
-    y = None if labels is None else jnp.asarray(labels)
-    x, nfe = sampling.sample(key, setup.sde, setup.score_fn(params, y), shape, setup.sampling_method,
+  def _draw(params, key, start):
+    index = start + jnp.arange(chunk, dtype=jnp.uint32)  # [b] positions in the whole set
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+    labels = (index % num_classes).astype(jnp.int32) if num_classes else None
+    x, nfe = sampling.sample(keys, setup.sde, setup.score_fn(params, labels), shape, setup.sampling_method,
                              **setup.sampling_options)
     return jax.lax.with_sharding_constraint(x, out), jnp.max(nfe)
 
   def draw(params: Any, key: jax.Array) -> tuple[np.ndarray, int]:
-    x, nfe = _draw(params, key)
-    if jax.process_count() > 1:
-      x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x), int(nfe)
+    parts, nfe = [], 0
+    for start in range(0, num_samples, chunk):
+      x, n = _draw(params, key, start)
+      if jax.process_count() > 1:
+        x = multihost_utils.process_allgather(x, tiled=True)
+      parts.append(np.asarray(x)[:num_samples - start])
+      nfe = max(nfe, int(n))
+    return np.concatenate(parts), nfe
 
   return draw
 
@@ -143,6 +153,13 @@ def write_samples(setup: experiment.Setup, x: np.ndarray, *, png: str, npz: Opti
   return metrics
 
 
+def _checkpoint_steps(workdir: str) -> list[int]:
+  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    return []
+  with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
+    return ckpt.all_steps()
+
+
 def latest_ema_params(setup: experiment.Setup, workdir: str, step: Optional[int] = None) -> Optional[tuple[int, Any]]:
   """(step, EMA parameters) of the newest full checkpoint or EMA export in ``workdir``.
 
@@ -156,10 +173,7 @@ def latest_ema_params(setup: experiment.Setup, workdir: str, step: Optional[int]
   """
   repl = sharding_lib.replicated(setup.mesh)
   init_key = experiment.keys(setup.seed)["init"]
-  full: list[int] = []
-  if os.path.isdir(checkpointing.checkpoint_dir(workdir)):
-    with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
-      full = ckpt.all_steps()
+  full = _checkpoint_steps(workdir)
   exported = checkpointing.exported_steps(workdir)
   candidates = sorted(set(full) | set(exported))
   if not candidates or (step is not None and step not in candidates):
@@ -193,7 +207,12 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """
   setup = experiment.build(config)
   keys = experiment.keys(config.seed)
-  found = latest_ema_params(setup, workdir)
+  wanted = config.sampling.get("checkpoint_step")
+  found = latest_ema_params(setup, workdir, step=wanted)
+  if found is None and wanted is not None:
+    have = sorted(set(checkpointing.exported_steps(workdir)) | set(_checkpoint_steps(workdir)))
+    raise FileNotFoundError(f"config.sampling.checkpoint_step={wanted}: no checkpoint or EMA export of that step in "
+                            f"{workdir} (there are {have or 'none'}); pick one of them or leave it unset for the latest.")
   if found is None:
     raise FileNotFoundError(f"No checkpoint found in {checkpointing.checkpoint_dir(workdir)}: run --mode=train "
                             f"with --workdir={workdir} first.")
@@ -201,7 +220,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   k, out = outputs.next_numbered_dir(os.path.join(workdir, "samples"))
   key = jax.random.fold_in(jax.random.fold_in(keys["sample"], step), k + 1)
   t0 = time.perf_counter()
-  x, nfe = make_sampler(setup, config.sampling.num_samples)(params, key)
+  x, nfe = make_sampler(setup, config.sampling.num_samples, batch_size=config.sampling.get("batch_size"))(params, key)
   extra = {"step": step, "draw": k, "workdir": os.path.abspath(workdir), "nfe": nfe,
            "sample_time_s": time.perf_counter() - t0, "num_samples": int(x.shape[0]),
            "sampling": {"method": setup.sampling_method, **setup.sampling_options}}

@@ -166,3 +166,20 @@ def test_score_fn_with_wrong_shape_is_rejected():
     sampling.sample(jax.random.PRNGKey(0), SDES["ve"], lambda x, t: x[:, :1], (4, 2), num_steps=3)
   with pytest.raises(ValueError, match="shape"):
     sampling.sample(jax.random.PRNGKey(0), SDES["ve"], SCORES["ve"], (4,), num_steps=3)
+
+
+@pytest.mark.parametrize("method, options", [("ode", {}), ("pc", {"corrector": "none", "num_steps": 20}),
+                                             ("edm", {"num_steps": 8, "s_churn": 10.0})])
+def test_per_sample_keys_let_a_large_set_be_drawn_in_chunks(method, options):
+  """Keys [n] = fold_in(key, j) reproduce one batch; two chunks with their global indices give the same set."""
+  sde = SDES["ve"]
+  score_fn = SCORES["ve"]
+  key = jax.random.key(3)
+  whole, _ = sampling.sample(key, sde, score_fn, (8, 2), method, **options)
+  fold = lambda idx: jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(idx, jnp.uint32))
+  same, _ = sampling.sample(fold(range(8)), sde, score_fn, (8, 2), method, **options)
+  np.testing.assert_array_equal(np.asarray(same), np.asarray(whole))
+  halves = [sampling.sample(fold(range(s, s + 4)), sde, score_fn, (4, 2), method, **options)[0] for s in (0, 4)]
+  np.testing.assert_allclose(np.concatenate(halves), np.asarray(whole), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="per-sample keys"):
+    sampling.sample(fold(range(3)), sde, score_fn, (8, 2), method, **options)

@@ -253,3 +253,28 @@ def test_main_rejects_an_unknown_mode_in_one_line(tmp_path):
   assert result.returncode != 0
   errors = [l for l in result.stderr.splitlines() if "--mode" in l]
   assert errors and "value should be one of" in errors[0], result.stderr
+
+
+def test_sample_mode_picks_a_checkpoint_and_chunking_keeps_the_samples(tmp_path):
+  from score_jax import experiment  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  config = _smoke_config()
+  config.sampling.pc.corrector = "none"  # the langevin corrector's step uses batch-mean norms
+  config.sampling.num_samples = 10
+  train.train_and_evaluate(config, workdir)  # checkpoints at steps 10 and 20
+  config.sampling.checkpoint_step = 10
+  out = sample_lib.sample(config, workdir)
+  with np.load(os.path.join(out, "samples.npz")) as data:
+    assert int(data["step"]) == 10
+  config.sampling.checkpoint_step = 15
+  with pytest.raises(FileNotFoundError, match=r"config\.sampling\.checkpoint_step=15: .*\[10, 20\]"):
+    sample_lib.sample(config, workdir)
+
+  setup = experiment.build(config)
+  step, params = sample_lib.latest_ema_params(setup, workdir)
+  assert step == 20
+  key = jax.random.key(7)
+  whole, nfe = sample_lib.make_sampler(setup, 10)(params, key)
+  chunked, nfe_chunked = sample_lib.make_sampler(setup, 10, batch_size=4)(params, key)  # 4 + 4 + 2
+  assert chunked.shape == whole.shape == (10, 2) and nfe == nfe_chunked
+  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)

@@ -131,7 +131,8 @@ def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
   """Draws samples of ``shape`` [B, ...] from the model defined by ``sde`` and ``score_fn``.
 
   Args:
-    key: a PRNG key; sample i uses fold_in(key, i).
+    key: a PRNG key, sample i using fold_in(key, i); or keys [B], one per sample (to draw
+      a large set in chunks with each sample's key fixed by its index in the set).
     sde: the forward SDE (``score_jax.sde``).
     score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``, the score ∇log p_t(x).
     shape: the batch shape, batch first.

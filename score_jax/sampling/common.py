@@ -16,7 +16,16 @@ Array = Any
 
 
 def per_sample_keys(key: jax.Array, n: int) -> jax.Array:
-  """Keys [n]: key_i = fold_in(key, i)."""
+  """Keys [n]: key_i = fold_in(key, i); or ``key`` itself when it already holds n keys.
+
+  Passing keys [n] lets a caller draw a large set in chunks and still give sample j the key
+  it would have had in one batch (``fold_in(key, j)`` with j counted over the whole set).
+  """
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  if key.ndim == 1:
+    if key.shape[0] != n:
+      raise ValueError(f"key: got {key.shape[0]} per-sample keys for a batch of {n}.")
+    return key
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n, dtype=jnp.uint32))
 
 
