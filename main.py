@@ -1,7 +1,8 @@
-"""Command-line entry: parses flags and dispatches to ``score_jax.train``.
+"""Command-line entry: parses flags and dispatches to ``score_jax.train``, ``sample`` or ``evaluate``.
 
     python main.py --config=configs/toy/gmm2d.py --workdir=runs/gmm --mode=train
     python main.py --config=configs/toy/gmm2d.py --workdir=runs/gmm --mode=sample
+    python main.py --config=configs/ve/digits.py --workdir=runs/digits --mode=train_classifier   # then fid_stats, eval
 
 Kept short on purpose: everything else lives in the library, where tests can call it.
 Config fields are overridden with ``--config.section.field=value``.
@@ -15,6 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from score_jax import evaluate
 from score_jax import experiment
 from score_jax import sample
 from score_jax import train
@@ -23,8 +25,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with a variant: path.py:smoke.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "train: train (resuming from the latest checkpoint) "
-                  "then sample; sample: draw from the EMA parameters of the latest checkpoint.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "fid_stats", "train_classifier"],
+                  "train: train (resuming from the latest checkpoint) then sample; sample: draw from the EMA "
+                  "parameters of the latest checkpoint; eval: loss, bits/dim, FID / KID / IS of checkpoints "
+                  "(config.eval); fid_stats: cache real-data feature statistics; train_classifier: train the "
+                  "in-domain feature classifier of embedded datasets.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU / GPU / "
                   "SLURM launches; the coordinator is found from the environment unless given below).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed without autodetection.")
@@ -52,10 +57,9 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
   try:
-    if FLAGS.mode == "train":
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-      sample.sample(FLAGS.config, FLAGS.workdir)
+    modes = {"train": train.train_and_evaluate, "sample": sample.sample, "eval": evaluate.evaluate,
+             "fid_stats": evaluate.fid_stats, "train_classifier": evaluate.train_classifier}
+    modes[FLAGS.mode](FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")
 

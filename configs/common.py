@@ -13,6 +13,7 @@ variant runs anywhere without a download.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 VARIANTS = ("", "smoke")
 
@@ -80,6 +81,36 @@ def base_config() -> ml_collections.ConfigDict:
   sampling.ode = ml_collections.ConfigDict(dict(solver="tsit5", rtol=1e-5, atol=1e-5, denoise=True))
   sampling.adaptive = ml_collections.ConfigDict(dict(rel_tol=1e-2, abs_tol=None, data_range="[0,1]", denoise=True))
   sampling.ald = ml_collections.ConfigDict(dict(num_steps=232, n_steps_each=5, denoise=True))
+
+  # Evaluation from checkpoints (--mode=eval / fid_stats / train_classifier; score_jax/evaluate.py
+  # documents each field).  Steps: 0 means the first / the latest checkpoint.  Fields that may
+  # be None are typed placeholders, so --config.eval.<field>=<value> can still set them.
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.begin_step = 0
+  ev.end_step = 0
+  ev.wait = False  # poll for checkpoints not written yet (up to end_step, else training.num_steps)
+  ev.poll_seconds = 60.0
+  ev.wait_timeout_seconds = config_dict.placeholder(float)  # None: wait until the end step
+  ev.batch_size = 128
+  ev.num_loss_batches = 8  # held-out loss; 0 skips it
+  ev.bpd_num_examples = config_dict.placeholder(int)  # None: the whole held-out split; 0 skips bits/dim
+  ev.bpd_num_repeats = 1  # dequantization passes
+  ev.bpd_rtol = 1e-5
+  ev.bpd_atol = 1e-5
+  ev.bpd_divergence = "hutchinson"
+  ev.num_samples = 50_000  # FID / KID / IS / precision-recall samples; 0 skips them
+  ev.sample_batch_size = 500
+  ev.features = "inception"  # or "classifier" (the in-domain CNN of --mode=train_classifier)
+  ev.inception_path = ""  # .npz from `python -m score_jax.metrics.convert_inception`
+  ev.classifier_dir = ""  # default <workdir>/classifier
+  ev.classifier = ml_collections.ConfigDict(dict(widths=(32, 64), feature_dim=128, num_steps=2000, batch_size=128,
+                                                 lr=1e-3, max_shift=1))
+  ev.kid_subsets = 100
+  ev.kid_subset_size = 1000
+  ev.is_splits = 10
+  ev.pr_k = 3
+  ev.real_features_max = 10_000  # real rows kept for KID / precision-recall
+  ev.reference = True  # real held-out data and noise scored once into eval/reference.json
   return config
 
 
@@ -107,6 +138,17 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   s.ode.rtol = s.ode.atol = 1e-2
   s.adaptive.rel_tol = 0.1
   s.ald.num_steps, s.ald.n_steps_each = 4, 1
+  ev = config.eval
+  if data.kind == "embedded":
+    ev.features = "classifier"
+  ev.num_loss_batches = 2
+  ev.batch_size = 16
+  ev.bpd_num_examples = 8
+  ev.bpd_rtol = ev.bpd_atol = 1e-2
+  ev.num_samples = ev.sample_batch_size = 32
+  ev.classifier.update(dict(widths=(8, 16), feature_dim=16, num_steps=200, batch_size=32))
+  ev.kid_subsets = 10
+  ev.poll_seconds = 5.0
 
 
 def finalize(config: ml_collections.ConfigDict, variant: str, path: str) -> ml_collections.ConfigDict:

@@ -37,4 +37,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   tr.label_dropout = 0.1
   config.sampling.num_samples = 64
   config.sampling.pc.num_steps = 1000
+
+  ev = config.eval  # in-domain features: --mode=train_classifier first
+  ev.features = "classifier"
+  ev.num_samples = 2000
+  ev.sample_batch_size = 500
+  ev.bpd_num_examples = 500
+  ev.classifier.update(dict(widths=(16, 32, 64), feature_dim=128, num_steps=1000, batch_size=64, lr=1e-3, max_shift=2))
   return common.finalize(config, variant, "configs/ve/shapes_32.py")

@@ -15,7 +15,7 @@ from configs.ve import digits as ve_digits
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default_vp.get_config()
   ve = ve_digits.get_config()
-  for section in ("data", "optim"):
+  for section in ("data", "optim", "eval"):
     config[section] = ve[section]
   config.data.centered = True
   config.model.name = "unet"
