@@ -76,6 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"
   sampling.num_samples = 64
+  sampling.batch_size = config_dict.placeholder(int)  # samples per compiled call; None: all at once
+  sampling.checkpoint_step = config_dict.placeholder(int)  # --mode=sample from this step; None: the latest
   sampling.pc = ml_collections.ConfigDict(dict(
       predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1, num_steps=1000, denoise=True))
   sampling.ode = ml_collections.ConfigDict(dict(solver="tsit5", rtol=1e-5, atol=1e-5, denoise=True))

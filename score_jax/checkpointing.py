@@ -49,6 +49,19 @@ def exported_steps(workdir: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(root) if n.isdigit())
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps with a full checkpoint in ``workdir``, ascending (empty when there is no folder)."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return []
+  with Checkpointer(workdir, create=False, async_save=False) as ckpt:
+    return sorted(ckpt.all_steps())
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """Steps with a full checkpoint or an EMA export in ``workdir``, ascending."""
+  return sorted(set(checkpoint_steps(workdir)) | set(exported_steps(workdir)))
+
+
 def load_exported_params(workdir: str, step: int, target: Any) -> Any:
   """Restores the EMA export of ``step``; ``target`` gives the tree (e.g. from eval_shape)."""
   with ocp.StandardCheckpointer() as ckptr:

@@ -782,27 +782,6 @@ def read_results(workdir: str) -> list[dict[str, Any]]:
   return records
 
 
-def _append_record(path: str, record: dict[str, Any]) -> None:
-  """Appends a line, first ending a torn last line (a kill mid-write) so the new one stays whole."""
-  if os.path.isfile(path) and os.path.getsize(path):
-    with open(path, "rb") as f:
-      f.seek(-1, os.SEEK_END)
-      torn = f.read(1) != b"\n"
-    if torn:
-      with open(path, "a") as f:
-        f.write("\n")
-  outputs.append_jsonl(path, record)
-
-
-def available_steps(workdir: str) -> list[int]:
-  """Steps with a full checkpoint or an EMA export in ``workdir``, ascending."""
-  full: list[int] = []
-  if os.path.isdir(checkpointing.checkpoint_dir(workdir)):
-    with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
-      full = ckpt.all_steps()
-  return sorted(set(full) | set(checkpointing.exported_steps(workdir)))
-
-
 def _summary(record: dict[str, Any]) -> str:
   parts = [f"step {record['step']}"]
   for name, fmt in (("loss", "loss {:.4g}"), ("bpd", "bpd {:.4f}"), ("bpd_target", "(target {:.4f})"),
@@ -860,7 +839,7 @@ class _Evaluator:
     record["time_s"] = time.perf_counter() - t_start
     record["features"] = self.extractor.name if self.extractor is not None else None
     if _main_process():
-      _append_record(os.path.join(self.eval_dir, "results.jsonl"), record)
+      outputs.append_jsonl(os.path.join(self.eval_dir, "results.jsonl"), record)
       for name, value in record.items():
         if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
           self.writer.add_scalar(f"eval/{name}", value, step)
@@ -924,7 +903,7 @@ def evaluate(config: ConfigDict, workdir: str) -> list[dict[str, Any]]:
     end = int(config.training.num_steps)
 
   def in_range() -> list[int]:
-    return [s for s in available_steps(workdir) if opts.begin_step <= s and (end is None or s <= end)]
+    return [s for s in checkpointing.saved_steps(workdir) if opts.begin_step <= s and (end is None or s <= end)]
 
   if not opts.wait and not in_range():
     where = f"{checkpointing.checkpoint_dir(workdir)} (or EMA export in {checkpointing.export_dir(workdir)})"
@@ -976,6 +955,6 @@ def evaluate(config: ConfigDict, workdir: str) -> list[dict[str, Any]]:
   return new
 
 
-__all__ = ["DEFAULTS", "EXTRACTORS", "EvalOptions", "Extractor", "RealFeatures", "available_steps", "eval_options",
+__all__ = ["DEFAULTS", "EXTRACTORS", "EvalOptions", "Extractor", "RealFeatures", "eval_options",
            "evaluate", "fid_stats", "get_extractor", "load_classifier", "quality_metrics", "read_results",
            "real_features", "reference", "results_path", "stats_paths", "to_levels", "train_classifier"]

@@ -52,7 +52,17 @@ def write_json(path: str, payload: Mapping[str, Any]) -> None:
 
 
 def append_jsonl(path: str, record: Mapping[str, Any]) -> None:
-  """Appends one JSON line (results logs grow; earlier lines are never rewritten)."""
+  """Appends one JSON line (results logs grow; earlier lines are never rewritten).
+
+  A torn last line (a process killed mid-write) is ended first, so the new line stays whole.
+  """
+  if os.path.isfile(path) and os.path.getsize(path):
+    with open(path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      torn = f.read(1) != b"\n"
+    if torn:
+      with open(path, "a") as f:
+        f.write("\n")
   with open(path, "a") as f:
     f.write(json.dumps(json_ready(record), sort_keys=True, allow_nan=False) + "\n")
 

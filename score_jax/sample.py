@@ -153,13 +153,6 @@ def write_samples(setup: experiment.Setup, x: np.ndarray, *, png: str, npz: Opti
   return metrics
 
 
-def _checkpoint_steps(workdir: str) -> list[int]:
-  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
-    return []
-  with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
-    return ckpt.all_steps()
-
-
 def latest_ema_params(setup: experiment.Setup, workdir: str, step: Optional[int] = None) -> Optional[tuple[int, Any]]:
   """(step, EMA parameters) of the newest full checkpoint or EMA export in ``workdir``.
 
@@ -173,9 +166,8 @@ def latest_ema_params(setup: experiment.Setup, workdir: str, step: Optional[int]
   """
   repl = sharding_lib.replicated(setup.mesh)
   init_key = experiment.keys(setup.seed)["init"]
-  full = _checkpoint_steps(workdir)
   exported = checkpointing.exported_steps(workdir)
-  candidates = sorted(set(full) | set(exported))
+  candidates = checkpointing.saved_steps(workdir)
   if not candidates or (step is not None and step not in candidates):
     return None
   step = candidates[-1] if step is None else step
@@ -210,7 +202,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   wanted = config.sampling.get("checkpoint_step")
   found = latest_ema_params(setup, workdir, step=wanted)
   if found is None and wanted is not None:
-    have = sorted(set(checkpointing.exported_steps(workdir)) | set(_checkpoint_steps(workdir)))
+    have = checkpointing.saved_steps(workdir)
     raise FileNotFoundError(f"config.sampling.checkpoint_step={wanted}: no checkpoint or EMA export of that step in "
                             f"{workdir} (there are {have or 'none'}); pick one of them or leave it unset for the latest.")
   if found is None:

@@ -9,6 +9,9 @@ or ``--config.sampling.method=ode``.
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+from configs import common
 
 VARIANTS = ("", "smoke")
 
@@ -72,10 +75,19 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"
   sampling.num_samples = 5000
+  sampling.batch_size = config_dict.placeholder(int)  # samples per compiled call; None: all at once
+  sampling.checkpoint_step = config_dict.placeholder(int)  # --mode=sample from this step; None: the latest
   sampling.pc = ml_collections.ConfigDict(dict(
       predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1, num_steps=250, denoise=True))
   sampling.ode = ml_collections.ConfigDict(dict(solver="tsit5", rtol=1e-4, atol=1e-4, denoise=True))
   sampling.ald = ml_collections.ConfigDict(dict(num_steps=100, n_steps_each=10, denoise=True))
+
+  # --mode=eval: loss, bits/dim against the target's exact value, and sample quality.
+  config.eval = ev = common.base_config().eval
+  ev.num_samples = ev.sample_batch_size = 5000
+  ev.bpd_num_examples = 1000
+  ev.batch_size = 512
+  ev.reference = False
 
   if variant == "smoke":
     net.hidden = 16
@@ -92,4 +104,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     sampling.ode.rtol = sampling.ode.atol = 1e-2
     sampling.ald.num_steps = 5
     sampling.ald.n_steps_each = 2
+    ev.num_samples = ev.sample_batch_size = 64
+    ev.bpd_num_examples = 16
+    ev.bpd_rtol = ev.bpd_atol = 1e-2
+    ev.num_loss_batches = 2
   return config
