@@ -22,7 +22,8 @@ def per_sample_keys(key: jax.Array, n: int) -> jax.Array:
   it would have had in one batch (``fold_in(key, j)`` with j counted over the whole set).
   """
   key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-  if key.ndim == 1:
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)  # new-style keys; raw ones are uint32 [2]
+  if key.ndim == (1 if typed else 2):
     if key.shape[0] != n:
       raise ValueError(f"key: got {key.shape[0]} per-sample keys for a batch of {n}.")
     return key
