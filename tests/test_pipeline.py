@@ -324,10 +324,11 @@ def test_missing_data_errors_are_one_line_starting_with_path(tmp_path, afhq_like
   with pytest.raises(FileNotFoundError) as e:
     pipeline.get_dataset("tfds", "cifar10", path=missing)
   assert "tfds build cifar10 --data_dir=" in one_line(e, f"path: no TFDS data_dir at {missing}")
-  for kind in ("folder", "tfds", "tfrecords"):
+  for kind, how in (("folder", "set --config.data.path to <path>"), ("tfds", "tfds build x --data_dir=<path>"),
+                    ("tfrecords", "ProGAN's dataset_tool.py")):
     with pytest.raises(ValueError) as e:
       pipeline.get_dataset(kind, "x", image_size=8)
-    one_line(e, f"path: kind {kind!r} reads local files and never downloads")
+    assert how in one_line(e, f"path: not set; kind {kind!r} reads local files and never downloads: ")
 
 
 @pytest.mark.parametrize("kind, kwargs, prefix", [

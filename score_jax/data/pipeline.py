@@ -708,8 +708,10 @@ def get_dataset(kind: str, name: str, *, split: str = "train", path: Optional[st
     _check_option(not path, "path", f"kind 'embedded' reads no files; leave it unset, got {path!r}.")
     return embedded.get_dataset(name, split=split, image_size=image_size, random_flip=random_flip,
                                 uniform_dequantization=uniform_dequantization, data_range=data_range, **options)
-  _check_option(isinstance(path, (str, os.PathLike)) and bool(str(path)), "path",
-                f"kind {kind!r} reads local files and never downloads; set it to the data's folder, got {path!r}.")
+  if not (isinstance(path, (str, os.PathLike)) and str(path)):
+    how = {"folder": lambda: _folder_hint(name), "tfrecords": lambda: _tfrecords_hint(name),
+           "tfds": lambda: _tfds_build_hint(name, "<path>")}[kind]()
+    raise ValueError(f"path: not set; kind {kind!r} reads local files and never downloads: {how}.")
   path = os.path.expanduser(os.fspath(path))
   image_size = _check_optional_int(image_size, "image_size", 1)
   common = dict(random_flip=True if random_flip is None else bool(random_flip),
