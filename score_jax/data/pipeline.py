@@ -210,7 +210,20 @@ def list_image_folder(root: str, class_folders: Optional[bool] = None
   return files, labels, names
 
 
-class FolderDataset(IndexedDataset):
+class _FileDataset(IndexedDataset):
+  """What the file-backed kinds share: metadata from their attributes (name, split,
+  image_size, channels, levels, class_names), uint8 pixels of 256 levels."""
+
+  class_names: tuple[str, ...] = ("all",)
+
+  @property
+  def info(self) -> DatasetInfo:
+    return DatasetInfo(name=self.name, split=self.split, num_examples=len(self), image_size=self.image_size,
+                       channels=self.channels, levels=self.levels, num_classes=len(self.class_names),
+                       class_names=self.class_names)
+
+
+class FolderDataset(_FileDataset):
   """Images in a local folder, listed once and decoded per batch (see ``get_dataset``)."""
 
   def __init__(self, name: str, split: str, path: str, *, image_size: int, random_flip: bool,
@@ -244,12 +257,6 @@ class FolderDataset(IndexedDataset):
       return path
     tried = ", ".join(f"{d}/" for d in FOLDER_SPLIT_DIRS[split])
     raise FileNotFoundError(f"path: no {split} split in {path} (looked for {tried}); {_folder_hint(name)}.")
-
-  @property
-  def info(self) -> DatasetInfo:
-    return DatasetInfo(name=self.name, split=self.split, num_examples=len(self), image_size=self.image_size,
-                       channels=self.channels, levels=self.levels, num_classes=len(self.class_names),
-                       class_names=self.class_names)
 
   def __len__(self) -> int:
     return len(self.files)
@@ -473,7 +480,7 @@ def find_tfrecords(path: str, name: str, image_size: Optional[int]) -> tuple[str
                    f"({', '.join(os.path.basename(f) for f in candidates)}); name one of them.")
 
 
-class TFRecordsDataset(IndexedDataset):
+class TFRecordsDataset(_FileDataset):
   """ProGAN-format TFRecords: each record a tf.train.Example with ``shape`` [C, H, W] and raw ``data``."""
 
   def __init__(self, name: str, split: str, path: str, *, image_size: Optional[int], random_flip: bool,
@@ -493,11 +500,6 @@ class TFRecordsDataset(IndexedDataset):
   def channels(self) -> int:
     """C, read from the first record."""
     return self.images_at([0])[0].shape[-1]
-
-  @property
-  def info(self) -> DatasetInfo:
-    return DatasetInfo(name=self.name, split=self.split, num_examples=len(self), image_size=self.image_size,
-                       channels=self.channels, levels=self.levels, num_classes=1, class_names=("all",))
 
   def __len__(self) -> int:
     return len(self._index[0])
@@ -547,7 +549,7 @@ def _import_tfds() -> Any:
   return tfds
 
 
-class TfdsDataset(IndexedDataset):
+class TfdsDataset(_FileDataset):
   """A TFDS dataset prepared as array_record in a local data_dir, read by ``tfds.data_source``."""
 
   def __init__(self, name: str, split: str, path: str, *, image_size: Optional[int], random_flip: bool,
@@ -596,12 +598,6 @@ class TfdsDataset(IndexedDataset):
     self.random_flip, self.uniform_dequantization, self.data_range = random_flip, uniform_dequantization, data_range
     self.levels = LEVELS
     self._source = builder.as_data_source(split=split)
-
-  @property
-  def info(self) -> DatasetInfo:
-    return DatasetInfo(name=self.name, split=self.split, num_examples=len(self), image_size=self.image_size,
-                       channels=self.channels, levels=self.levels, num_classes=len(self.class_names),
-                       class_names=self.class_names)
 
   def __len__(self) -> int:
     return len(self._source)
