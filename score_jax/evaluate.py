@@ -156,17 +156,13 @@ class EvalOptions:
   reference: bool
 
 
-def _is_int(value: Any) -> bool:
-  return experiment.is_int(value)
-
-
 def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _int_field(section: dict, name: str, low: int, prefix: str = "config.eval") -> int:
   value = section[name]
-  check(_is_int(value) and value >= low, f"{prefix}.{name}", f"must be an integer >= {low}, got {value!r}.")
+  check(experiment.is_int(value) and value >= low, f"{prefix}.{name}", f"must be an integer >= {low}, got {value!r}.")
   return int(value)
 
 
@@ -196,7 +192,7 @@ def eval_options(config: ConfigDict) -> EvalOptions:
   steps = {}
   for name in ("begin_step", "end_step"):
     value = e[name]
-    check(value is None or (_is_int(value) and value >= 0), f"config.eval.{name}",
+    check(value is None or (experiment.is_int(value) and value >= 0), f"config.eval.{name}",
           f"must be None or an integer >= 0, got {value!r}.")
     steps[name] = int(value) if value else None
   begin, end = steps["begin_step"] or 0, steps["end_step"]
@@ -207,7 +203,7 @@ def eval_options(config: ConfigDict) -> EvalOptions:
   check(timeout is None or (_is_number(timeout) and timeout > 0), "config.eval.wait_timeout_seconds",
         f"must be None (wait until end_step) or a number > 0, got {timeout!r}.")
   bpd_n = e["bpd_num_examples"]
-  check(bpd_n is None or (_is_int(bpd_n) and bpd_n >= 0), "config.eval.bpd_num_examples",
+  check(bpd_n is None or (experiment.is_int(bpd_n) and bpd_n >= 0), "config.eval.bpd_num_examples",
         f"must be None (the whole split), 0 (skip) or an integer >= 1, got {bpd_n!r}.")
   check(e["bpd_divergence"] in likelihood.DIVERGENCES, "config.eval.bpd_divergence",
         f"unknown {e['bpd_divergence']!r}; choose one of {list(likelihood.DIVERGENCES)}.")
@@ -215,7 +211,7 @@ def eval_options(config: ConfigDict) -> EvalOptions:
     check(isinstance(e[name], str), f"config.eval.{name}", f"must be a path string, got {e[name]!r}.")
   check(isinstance(e["reference"], bool), "config.eval.reference", f"must be True or False, got {e['reference']!r}.")
   widths = c["widths"]
-  check(isinstance(widths, (tuple, list)) and len(widths) >= 1 and all(_is_int(w) and w >= 1 for w in widths),
+  check(isinstance(widths, (tuple, list)) and len(widths) >= 1 and all(experiment.is_int(w) and w >= 1 for w in widths),
         "config.eval.classifier.widths", f"must be a non-empty tuple of integers >= 1, got {widths!r}.")
   classifier = ClassifierOptions(
       widths=tuple(int(w) for w in widths), feature_dim=_int_field(c, "feature_dim", 1, "config.eval.classifier"),
@@ -753,12 +749,10 @@ class SampleDrawer:
   def __init__(self, setup: experiment.Setup, opts: EvalOptions):
     self.setup, self.opts = setup, opts
     self.key = _eval_key(setup, "samples")
-    self._draw: Optional[Callable] = None
+    self._draw = sample_lib.make_sampler(setup, opts.num_samples, batch_size=opts.sample_batch_size)  # compiles on use
 
   def __call__(self, params: Any, step: int) -> tuple[np.ndarray, int]:
     """(samples [num_samples, ...] in the data range, NFE per sample)."""
-    if self._draw is None:
-      self._draw = sample_lib.make_sampler(self.setup, self.opts.num_samples, batch_size=self.opts.sample_batch_size)
     return self._draw(params, jax.random.fold_in(self.key, step))
 
 

@@ -359,7 +359,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
 
     step_fn = jax.jit(make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_shardings),
                       out_shardings=(repl, repl), donate_argnums=0)
-    sampler = _LazySampler(setup, config.sampling.num_samples)
+    sampler = sample_lib.make_sampler(setup, config.sampling.num_samples,  # compiles on first use
+                                      batch_size=config.sampling.get("batch_size"))
     t0 = time.perf_counter()
     feeder = BatchFeeder(setup, keys["data"])
     log = ScalarLog(workdir, start_step=start_step, num_steps=num_steps, batch_size=setup.batch_size,
@@ -398,19 +399,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
                      metrics_path=final["metrics_json"], samples_path=final["png"])
 
 
-class _LazySampler:
-  """``sample.make_sampler``, built (and compiled) on first use."""
-
-  def __init__(self, setup: experiment.Setup, num_samples: int):
-    self._setup, self._num_samples, self._draw = setup, num_samples, None
-
-  def __call__(self, params: Any, key: jax.Array) -> tuple[np.ndarray, int]:
-    if self._draw is None:
-      self._draw = sample_lib.make_sampler(self._setup, self._num_samples)
-    return self._draw(params, key)
-
-
-def _sample_grid(setup: experiment.Setup, sampler: _LazySampler, state: ts_lib.TrainState, step: int, workdir: str,
+def _sample_grid(setup: experiment.Setup, sampler: Callable[[Any, jax.Array], tuple[np.ndarray, int]], state: ts_lib.TrainState, step: int, workdir: str,
                  keys: dict[str, jax.Array], log: ScalarLog) -> None:
   """The periodic sample picture of step ``step`` (kept, not rewritten, if a resumed run made it)."""
   paths = _output_paths(workdir, step, setup)
