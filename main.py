@@ -1,14 +1,19 @@
-"""Command-line entry: parses flags and dispatches to ``score_jax.train``, ``sample`` or ``evaluate``.
+"""score_jax command line: one config file, one workdir, one mode.
 
     python main.py --config=configs/toy/gmm2d.py --workdir=runs/gmm --mode=train
     python main.py --config=configs/toy/gmm2d.py --workdir=runs/gmm --mode=sample
-    python main.py --config=configs/ve/digits.py --workdir=runs/digits --mode=train_classifier   # then fid_stats, eval
+    python main.py --config=configs/ve/digits.py:smoke --workdir=runs/d --config.training.num_steps=50
 
 Kept short on purpose: everything else lives in the library, where tests can call it.
-Config fields are overridden with ``--config.section.field=value``.
+``--config=PATH[:variant]`` names a config file (``:smoke`` shrinks any of them to run in
+seconds to a minute on a CPU); ``--config.section.field=value`` overrides one field.
 """
 
+from __future__ import annotations
+
+import importlib
 import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -16,20 +21,26 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from score_jax import evaluate
-from score_jax import experiment
-from score_jax import sample
-from score_jax import train
+from score_jax import config_files  # light: the library (JAX) loads only once a mode runs
+
+# mode -> ("module:function" of (config, workdir), one-line description for --help)
+MODES = {
+    "train": ("score_jax.train:train_and_evaluate",
+              "train (resuming from the latest checkpoint), then sample the EMA model"),
+    "sample": ("score_jax.sample:sample",
+               "draw config.sampling.num_samples from the latest (or a chosen) checkpoint into <workdir>/samples/<k>"),
+    "eval": ("score_jax.evaluate:evaluate",
+             "held-out loss, bits/dim, FID / KID / IS / precision-recall of checkpoints (config.eval)"),
+    "fid_stats": ("score_jax.evaluate:fid_stats", "cache the real data's feature statistics for FID"),
+    "train_classifier": ("score_jax.evaluate:train_classifier",
+                         "train the in-domain feature classifier of an embedded dataset"),
+}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with a variant: path.py:smoke.",
                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "fid_stats", "train_classifier"],
-                  "train: train (resuming from the latest checkpoint) then sample; sample: draw from the EMA "
-                  "parameters of the latest checkpoint; eval: loss, bits/dim, FID / KID / IS of checkpoints "
-                  "(config.eval); fid_stats: cache real-data feature statistics; train_classifier: train the "
-                  "in-domain feature classifier of embedded datasets.")
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics (created by --mode=train).")
+flags.DEFINE_enum("mode", "train", list(MODES), "What to do; see --help.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU / GPU / "
                   "SLURM launches; the coordinator is found from the environment unless given below).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed without autodetection.")
@@ -37,32 +48,98 @@ flags.DEFINE_integer("num_processes", None, "Number of processes, for --distribu
 flags.DEFINE_integer("process_id", None, "This process's index, for --distributed without autodetection.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Errors a user can fix from the command line: one line, no traceback.
-USER_ERRORS = (experiment.ConfigError, FileNotFoundError, FileExistsError, train.NonFiniteLossError)
+# Errors a user can fix from the command line (one line, no traceback), besides the library's
+# ConfigError and NonFiniteLossError (see ``user_errors``).
+USER_ERRORS = (config_files.ConfigFileError, FileNotFoundError, FileExistsError, NotADirectoryError)
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
 
 
-def _quiet_orbax(record) -> bool:
-  """Keeps Orbax's per-save INFO chatter out of the console (its warnings still show)."""
-  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+def usage() -> str:
+  """--help: what the command does, its flags, every mode and every config file, one line each."""
+  lines = [__doc__.strip(), "", "Flags:"]
+  for name in ("config", "workdir", "mode", "distributed", "coordinator_address", "num_processes", "process_id"):
+    lines.append(f"  --{name:<22}{FLAGS[name].help}")
+  lines += ["", "Modes (--mode=):"]
+  lines += [f"  {name:<18}{description}" for name, (_, description) in MODES.items()]
+  lines += ["", "Config files (--config=; each takes :smoke):"]
+  lines += [f"  {path:<45}{summary}" for path, summary in config_files.catalog()]
+  return "\n".join(line if len(line) <= 160 or not line.startswith("  ") else line[:159] + "…" for line in lines)
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+  """The value of ``--name=value`` or ``--name value`` in argv (the last one wins)."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _check_workdir(workdir: str) -> None:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"--workdir={workdir} is a file, not a folder; pass a folder (--mode=train creates it).")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every slip reported in one line (exit status 2) instead of a
+  traceback, and --help printing ``usage()`` (exit status 0)."""
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    print(usage())
+    sys.exit(0)
+  try:
+    spec = _flag_value(argv, "config")
+    if spec:  # the file, its variant and the overridden fields, checked before absl loads it
+      config_files.check_fields(config_files.load(spec), config_files.override_names(argv))
+      path, variant = config_files.split_spec(spec)  # absl is given the resolved file: any cwd works
+      resolved = str(config_files.resolve(path)) + ("" if variant is None else f":{variant}")
+      argv = [f"--config={resolved}" if arg in (f"--config={spec}", spec) else arg for arg in argv]
+    rest = FLAGS(argv)
+    _check_workdir(FLAGS.workdir)
+    return rest
+  except (flags.Error, config_files.ConfigFileError, NotADirectoryError) as e:
+    message = " ".join(str(e).split())
+    if isinstance(e, flags.Error):
+      message += " (python main.py --help lists the flags, modes and config files)"
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class _DropNoise(std_logging.Filter):
+  """Keeps Orbax's per-save INFO chatter and JAX's "no TPU here" probe out of the console
+  (warnings and errors still show)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno >= std_logging.WARNING:
+      return True
+    if "/orbax/" in record.pathname:
+      return False
+    return not record.getMessage().startswith("Unable to initialize backend 'tpu'")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  logging.get_absl_handler().addFilter(_DropNoise())
   if FLAGS.distributed:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; GPUs / TPUs unaffected
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
+  module, _, function = MODES[FLAGS.mode][0].partition(":")
+  run_mode = getattr(importlib.import_module(module), function)
   try:
-    modes = {"train": train.train_and_evaluate, "sample": sample.sample, "eval": evaluate.evaluate,
-             "fid_stats": evaluate.fid_stats, "train_classifier": evaluate.train_classifier}
-    modes[FLAGS.mode](FLAGS.config, FLAGS.workdir)
-  except USER_ERRORS as e:
+    run_mode(FLAGS.config, FLAGS.workdir)
+  except user_errors() as e:
     sys.exit(f"error: {e}")
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+  from score_jax import experiment, train  # pylint: disable=import-outside-toplevel
+  return USER_ERRORS + (experiment.ConfigError, train.NonFiniteLossError)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

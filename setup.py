@@ -6,7 +6,7 @@ setup(
     name="score_jax",
     version="0.1.0",
     description="Score-based generative modeling through SDEs in JAX/Flax: SDEs, losses, samplers, training.",
-    packages=find_packages(include=["score_jax", "score_jax.*"]),
+    packages=find_packages(include=["score_jax", "score_jax.*", "configs", "configs.*"]),  # configs: loadable anywhere
     python_requires=">=3.10",
     # Lower bounds are the versions this code was tested with (CPU, Python 3.11).
     install_requires=[

@@ -180,6 +180,12 @@ def latest_ema_params(setup: experiment.Setup, workdir: str, step: Optional[int]
   return step, state.ema_params
 
 
+def draw_key(setup: experiment.Setup, step: int, draw: int) -> jax.Array:
+  """The key of ``--mode=sample``'s folder ``samples/<draw>`` for parameters of ``step``; sample
+  j of it draws from ``fold_in(key, j)``."""
+  return jax.random.fold_in(jax.random.fold_in(experiment.keys(setup.seed)["sample"], step), draw + 1)
+
+
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """``--mode=sample``: draws ``config.sampling.num_samples`` samples from the EMA parameters of
   the latest checkpoint (or EMA export) in ``workdir`` into a new folder ``<workdir>/samples/<k>``.
@@ -210,7 +216,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
                             f"with --workdir={workdir} first.")
   step, params = found
   k, out = outputs.next_numbered_dir(os.path.join(workdir, "samples"))
-  key = jax.random.fold_in(jax.random.fold_in(keys["sample"], step), k + 1)
+  key = draw_key(setup, step, k)
   t0 = time.perf_counter()
   x, nfe = make_sampler(setup, config.sampling.num_samples, batch_size=config.sampling.get("batch_size"))(params, key)
   extra = {"step": step, "draw": k, "workdir": os.path.abspath(workdir), "nfe": nfe,

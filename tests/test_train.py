@@ -243,18 +243,6 @@ def test_image_size_not_divisible_by_the_downsampling_factor(tmp_path):
   assert not os.path.exists(tmp_path / "bad")
 
 
-def test_main_rejects_an_unknown_mode_in_one_line(tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  root = pathlib.Path(__file__).resolve().parents[1]
-  result = subprocess.run([sys.executable, str(root / "main.py"), "--config=configs/ve/digits.py:smoke",
-                           f"--workdir={tmp_path}", "--mode=fly"], cwd=root, capture_output=True, text=True,
-                          timeout=300)
-  assert result.returncode != 0
-  errors = [l for l in result.stderr.splitlines() if "--mode" in l]
-  assert errors and "value should be one of" in errors[0], result.stderr
-
-
 def test_sample_mode_picks_a_checkpoint_and_chunking_keeps_the_samples(tmp_path):
   from score_jax import experiment  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")

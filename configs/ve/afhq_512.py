@@ -1,4 +1,6 @@
-"""VE SDE, NCSN++ at 512×512 on AFHQ (cats, dogs, wild animals), as trained in seed 001's report.
+"""VE SDE, NCSN++ at 512×512 on AFHQ (cats, dogs, wild animals), as trained in Traoré's report.
+(The report: A. Traoré, "From Noise to Images: Implementing Score-Based Generative Models using
+Stochastic Differential Equation", ENSTA Paris research project, 2025; §3.3, Table 3.1.)
 
     python main.py --config=configs/ve/afhq_512.py --workdir=runs/afhq --mode=train \
         --config.data.path=/data/afhq        # the folder holding train/{cat,dog,wild}

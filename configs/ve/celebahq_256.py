@@ -3,7 +3,7 @@
     python main.py --config=configs/ve/celebahq_256.py --workdir=runs/celebahq --mode=train \
         --config.data.path=/data/celebahq     # holds celebahq-r08.tfrecords
 
-σ_max 348, N = 2000, batch 64 (seed 001, Table 3.1); NCSN++ with nf 128 and channels
+σ_max 348, N = 2000, batch 64 (Traoré, "From Noise to Images", Table 3.1); NCSN++ with nf 128 and channels
 ×(1, 1, 2, 2, 2, 2, 2), two res blocks per level, output-skip / input-skip progressive growing.
 """
 

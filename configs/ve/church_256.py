@@ -3,7 +3,7 @@
     python main.py --config=configs/ve/church_256.py --workdir=runs/church --mode=train \
         --config.data.path=$TFDS_DATA_DIR     # prepared: tfds build lsun/church_outdoor ...
 
-σ_max 380, N = 2000, batch 64 (seed 001, Table 3.1); NCSN++ with nf 128 and channels
+σ_max 380, N = 2000, batch 64 (Traoré, "From Noise to Images", Table 3.1); NCSN++ with nf 128 and channels
 ×(1, 1, 2, 2, 2, 2, 2), two res blocks per level, output-skip / input-skip progressive growing.
 """
 

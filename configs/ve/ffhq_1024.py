@@ -3,7 +3,7 @@
     python main.py --config=configs/ve/ffhq_1024.py --workdir=runs/ffhq --mode=train \
         --config.data.path=/data/ffhq         # holds ffhq-r10.tfrecords
 
-σ_max 1348, N = 2000, batch 8 (seed 001, Table 3.1); NCSN++ with nf 16 and channels
+σ_max 1348, N = 2000, batch 8 (Traoré, "From Noise to Images", Table 3.1); NCSN++ with nf 16 and channels
 ×(1, 2, 4, 8, 16, 32, 32, 32), one res block per level, EMA 0.9999.
 """
 

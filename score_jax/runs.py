@@ -1,0 +1,165 @@
+"""A trained run as a library object: ``run = score_jax.load_run(workdir)``.
+
+    import jax, score_jax
+    from score_jax import sampling
+
+    run = score_jax.load_run("runs/gmm")                # latest checkpoint or EMA export
+    x, nfe = sampling.sample(jax.random.key(0), run.sde, run.score_fn, (1000,) + run.data_shape,
+                             run.sampling_method, **run.sampling_options)
+
+``load_run`` needs only the workdir: the resolved config a training run wrote there
+(``config.json``, or ``config_step{S}.json`` when a resumed run changed it) is read back, so it
+works from any directory and without the config file.  The parameters are the EMA parameters of
+the chosen step (a full checkpoint or an EMA export, whichever exists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import json
+import os
+import re
+from typing import Any, Callable, Optional
+
+import jax
+import ml_collections
+
+from score_jax import checkpointing
+from score_jax import experiment
+from score_jax import sample as sample_lib
+from score_jax import sde as sde_lib
+
+Array = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained run, ready to sample from.
+
+  Attributes:
+    workdir: the run's folder.
+    step: the training step of the loaded parameters.
+    config: the resolved config the run trained with (read from the workdir).
+    setup: the components built from it (``experiment.Setup``: network, SDE, data, sampler).
+    params: the EMA parameters of ``step``.
+  """
+
+  workdir: str
+  step: int
+  config: ml_collections.ConfigDict
+  setup: experiment.Setup
+  params: Any
+
+  @property
+  def sde(self) -> sde_lib.SDE:
+    return self.setup.sde
+
+  @property
+  def data_shape(self) -> tuple[int, ...]:
+    """The shape of one sample, e.g. (2,) for a 2-D target or (H, W, C) for images."""
+    return self.setup.data_shape
+
+  @property
+  def num_classes(self) -> int:
+    return self.setup.num_classes
+
+  @functools.cached_property
+  def score_fn(self) -> Callable[[Array, Array], Array]:
+    """``score_fn(x [B, ...], t [] or [B])`` of the EMA network (a class-conditional network
+    gets its null label: the unconditional score).  One object per run, so the samplers'
+    compilation cache is reused across calls."""
+    return self.setup.score_fn(self.params)
+
+  def conditional_score_fn(self, labels: Array) -> Callable[[Array, Array], Array]:
+    """The score of a class-conditional network given ``labels`` (int [B])."""
+    if not self.num_classes:
+      raise ValueError(f"the run in {self.workdir} is not class-conditional (config.data has no classes).")
+    return self.setup.score_fn(self.params, labels)
+
+  @property
+  def sampling_method(self) -> str:
+    """The run's sampler (``config.sampling.method``)."""
+    return self.setup.sampling_method
+
+  @property
+  def sampling_options(self) -> dict[str, Any]:
+    """The run's sampler options (``config.sampling[method]``), as ``sampling.sample`` takes them."""
+    return dict(self.setup.sampling_options)
+
+  def draw_key(self, draw: int) -> jax.Array:
+    """The key ``--mode=sample`` uses for its ``draw``-th folder ``samples/<draw>``; sample j of
+    that draw uses ``fold_in(key, j)``."""
+    return sample_lib.draw_key(self.setup, self.step, draw)
+
+
+def _tuples(value: Any) -> Any:
+  """JSON has no tuples: config sequences (ch_mult, attn_resolutions, ...) come back as tuples."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def config_path(workdir: str, step: Optional[int] = None) -> str:
+  """The resolved config that trained ``step`` (default: the newest): ``config.json``, or the
+  ``config_step{S}.json`` of the latest resumption at or before that step.
+
+  Raises:
+    FileNotFoundError: the workdir has no config.json (it was not written by a training run).
+  """
+  base = os.path.join(workdir, "config.json")
+  if not os.path.isfile(base):
+    raise FileNotFoundError(f"{base} does not exist: load_run needs the folder of a training run "
+                            f"(python main.py --mode=train --workdir=...).")
+  resumed = {}
+  for path in glob.glob(os.path.join(workdir, "config_step*.json")):
+    match = re.fullmatch(r"config_step(\d+)\.json", os.path.basename(path))
+    if match:
+      resumed[int(match.group(1))] = path
+  eligible = [s for s in resumed if step is None or s <= step]
+  return resumed[max(eligible)] if eligible else base
+
+
+def load_config(workdir: str, step: Optional[int] = None) -> ml_collections.ConfigDict:
+  """The resolved config of a training run (see ``config_path``), as a ConfigDict."""
+  with open(config_path(workdir, step)) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def load_run(workdir: str, step: Optional[int] = None, *,
+             overrides: Optional[dict[str, Any]] = None) -> Run:
+  """Loads a trained run's config and EMA parameters.
+
+  Args:
+    workdir: a folder ``python main.py --mode=train`` wrote (any working directory).
+    step: the checkpoint or EMA export to load (default: the newest).
+    overrides: config fields to change before building, as dotted names, e.g.
+      ``{"sampling.method": "ode"}`` (the network fields must stay those of the checkpoint).
+
+  Returns:
+    A ``Run``: ``run.sde``, ``run.score_fn``, ``run.config``, ``run.params``, ``run.step``.
+
+  Raises:
+    FileNotFoundError: no config.json, or no checkpoint / EMA export (of ``step``) in ``workdir``.
+    ConfigError (a ValueError): an override is not valid.
+  """
+  config = load_config(workdir, step)
+  for name, value in (overrides or {}).items():
+    section, _, field = name.rpartition(".")
+    node = config
+    for part in filter(None, section.split(".")):
+      node = node[part]
+    if field not in node:
+      raise experiment.ConfigError(f"config.{name}: no such field in the run's config.")
+    node[field] = value
+  setup = experiment.build(config)
+  found = sample_lib.latest_ema_params(setup, workdir, step=step)
+  if found is None:
+    have = checkpointing.saved_steps(workdir)
+    wanted = "" if step is None else f" of step {step}"
+    raise FileNotFoundError(f"no checkpoint or EMA export{wanted} in {workdir} (saved steps: {have or 'none'}).")
+  found_step, params = found
+  return Run(workdir=os.path.abspath(workdir), step=found_step, config=config, setup=setup, params=params)
