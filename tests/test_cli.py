@@ -18,6 +18,9 @@ from score_jax import train
 
 import run_main
 
+# One worker computes this module's shared fixture (pytest.ini: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("cli")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = "configs/toy/gmm2d.py:smoke"
 
@@ -123,3 +126,12 @@ def test_load_run_from_another_directory_matches_sample_mode(tmp_path, monkeypat
     score_jax.load_run(str(workdir), step=7)
   with pytest.raises(FileNotFoundError, match=r"config\.json does not exist"):
     score_jax.load_run(str(elsewhere))
+
+
+def test_configs_import_from_anywhere_after_install(tmp_path):
+  """``pip install`` (editable or not) installs ``configs`` beside ``score_jax``."""
+  env = {k: v for k, v in run_main.env().items() if k != "PYTHONPATH"}
+  code = "from configs.toy import gmm2d; from configs.ve import digits; print(digits.get_config('smoke').data.name)"
+  result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0 and result.stdout.strip() == "digits", result.stderr

@@ -19,6 +19,9 @@ from score_jax.data import embedded
 from tests import run_main
 from tests.test_configs import load
 
+# One worker computes this module's shared fixture (pytest.ini: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("evaluate")
+
 
 def _config():
   """digits smoke (4 steps, checkpoints at 2 and 4) with a classifier good enough for features."""

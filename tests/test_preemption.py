@@ -9,6 +9,9 @@ import pytest
 
 import run_main
 
+# One worker computes this module's shared fixture (pytest.ini: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("preemption")
+
 CONFIG = "configs/ve/digits.py:smoke"
 STEPS = 2000
 OVERRIDES = [f"--config.training.num_steps={STEPS}", "--config.training.snapshot_freq=100",

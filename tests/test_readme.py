@@ -10,6 +10,9 @@ import pytest
 from score_jax import config_files
 from score_jax import train
 
+# One worker computes this module's shared fixture (pytest.ini: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("readme")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
