@@ -38,7 +38,8 @@ flags.DEFINE_integer("process_id", None, "This process's index, for --distribute
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors a user can fix from the command line: one line, no traceback.
-USER_ERRORS = (experiment.ConfigError, FileNotFoundError, FileExistsError, train.NonFiniteLossError)
+USER_ERRORS = (experiment.ConfigError, FileNotFoundError, FileExistsError, train.NonFiniteLossError,
+               train.CheckpointError)
 
 
 def _quiet_orbax(record) -> bool:
