@@ -26,6 +26,7 @@ import datetime
 import errno
 import fcntl
 import gc
+import logging as std_logging
 import os
 import re
 import shutil
@@ -91,6 +92,15 @@ def _is_disk_full(error: BaseException) -> bool:
   return False
 
 
+def _orbax_disk_full_record(record: std_logging.LogRecord) -> bool:
+  """Drops Orbax's own error logs of a disk-full save (a few hundred lines of tracebacks from
+  its background threads): ``DiskFullError`` reports that save in one line."""
+  if "/orbax/" not in record.pathname or record.levelno < std_logging.ERROR:
+    return True
+  error = record.exc_info[1] if record.exc_info else None
+  return not ((error is not None and _is_disk_full(error)) or "No space left on device" in record.getMessage())
+
+
 def _size(num_bytes: float) -> str:
   for unit in ("bytes", "KB", "MB", "GB"):
     if num_bytes < 1024 or unit == "GB":
@@ -103,7 +113,7 @@ def _tree_bytes(tree: Any) -> int:
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree) if hasattr(x, "shape")))
 
 
-def _disk_full_error(error: BaseException, folder: str, what: str, needed: int, kept: str) -> DiskFullError:
+def _disk_full_error(folder: str, what: str, needed: int, kept: str) -> DiskFullError:
   existing = folder
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
@@ -131,7 +141,7 @@ def export_params(workdir: str, step: int, params: Any) -> Optional[str]:
       ckptr.save(path, params)
   except Exception as e:  # pylint: disable=broad-except
     if _is_disk_full(e):
-      raise _disk_full_error(e, export_dir(workdir), f"the EMA export of step {step}", _tree_bytes(params),
+      raise _disk_full_error(export_dir(workdir), f"the EMA export of step {step}", _tree_bytes(params),
                              f"the checkpoints in {checkpoint_dir(workdir)} are intact") from e
     raise
   return path
@@ -221,9 +231,9 @@ def _short_error(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_failed_reads():
-  """While a damaged checkpoint is read, the reads Orbax abandons end as "Exception ignored
-  in <coroutine ...>" tracebacks (one per array); they go to the debug log instead."""
+def _quiet_abandoned_io():
+  """When a read or write fails, the other reads / writes Orbax abandons end as "Exception
+  ignored in <coroutine ...>" tracebacks (one per array); they go to the debug log instead."""
   previous = sys.unraisablehook
   sys.unraisablehook = lambda info: logging.debug("%s: %s", info.err_msg or "ignored", info.exc_value)
   try:
@@ -273,7 +283,7 @@ def restore_first_readable(sources: Sequence[Source], *, workdir: str, writer: b
     if not os.path.exists(os.path.join(source.path, COMMIT_MARKER)):
       reason = f"no commit marker {COMMIT_MARKER} (an interrupted write or copy)"
     else:
-      with _quiet_failed_reads():
+      with _quiet_abandoned_io():
         try:
           return source.step, source.restore()
         except MemoryError:
@@ -306,11 +316,13 @@ def restore_first_readable(sources: Sequence[Source], *, workdir: str, writer: b
 
 
 def _move_aside(path: str, workdir: str, writer: bool) -> str:
-  """Sets ``path`` aside when allowed; returns what was done, in words."""
+  """Sets ``path`` aside when allowed (process 0 only); returns what was done, in words."""
+  if jax.process_index() != 0:
+    return "set aside by process 0"
   if writer:
     return f"moved to {_set_aside(path)}"
   lock = WorkdirLock(workdir)
-  if not lock.try_acquire():
+  if not lock.try_acquire(record=False):
     return f"left in place ({lock.holder()} holds the workdir)"
   try:
     return f"moved to {_set_aside(path)}"
@@ -335,8 +347,9 @@ class WorkdirLock:
     self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
     self._fd: Optional[int] = None
 
-  def try_acquire(self) -> bool:
-    """Takes the lock if it is free (and records this process as holder); never blocks."""
+  def try_acquire(self, *, record: bool = True) -> bool:
+    """Takes the lock if it is free and, with ``record``, writes this process into the file
+    as its holder (a read-only mode taking it for a moment does not); never blocks."""
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -346,10 +359,12 @@ class WorkdirLock:
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         return False
       raise
+    self._fd = fd
+    if not record:
+      return True
     start = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}, started {start}\n".encode())
-    self._fd = fd
     return True
 
   def holder(self) -> str:
@@ -406,6 +421,9 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers=ocp.StandardCheckpointHandler())
     self._in_flight: Optional[tuple[int, int]] = None  # (step, bytes) of the save not yet known to be on disk
+    absl_logger = std_logging.getLogger("absl")
+    if _orbax_disk_full_record not in absl_logger.filters:
+      absl_logger.addFilter(_orbax_disk_full_record)
 
   def latest_step(self) -> Optional[int]:
     """The newest saved step, or None when there is no checkpoint."""
@@ -435,10 +453,12 @@ class Checkpointer:
   def _failed(self, error: BaseException, step: int, nbytes: int) -> BaseException:
     if not _is_disk_full(error):
       return error
+    with _quiet_abandoned_io():
+      pass
     older = [s for s in self._manager.all_steps() if s < step]
     kept = (f"the checkpoint of step {max(older)} is intact" if older else "no earlier checkpoint exists") + \
         ", and the run stops here"
-    return _disk_full_error(error, self.directory, f"the checkpoint of step {step}", nbytes, kept)
+    return _disk_full_error(self.directory, f"the checkpoint of step {step}", nbytes, kept)
 
   def poll(self) -> None:
     """Surfaces a finished asynchronous save's failure (e.g. DiskFullError) without waiting.

@@ -15,6 +15,7 @@ a crash, ``kill -9`` or preemption — sees exactly the data and noise of an uni
 Workdir layout::
 
     <workdir>/config.json                 resolved config of the first run
+    <workdir>/train.lock                  flock'ed by the training run that writes here (pid, host, start)
     <workdir>/config_step{S}.json         ... of a run resumed at step S with a changed config
     <workdir>/checkpoints/<step>/         Orbax checkpoints of the TrainState (async)
     <workdir>/ema/<step>/                 EMA parameters only, exported at the end of training
@@ -257,7 +258,10 @@ class ScalarLog:
   def close(self) -> None:
     self._bar.close()
     if self._writer is not None:
-      self._writer.close()
+      try:
+        self._writer.close()
+      except OSError as e:  # e.g. a full disk: reported, not raised over the error that stopped the run
+        logging.warning("TensorBoard scalars in %s not flushed: %s", self._writer.logdir, e)
 
 
 # --- entry point --------------------------------------------------------------------------
