@@ -171,6 +171,7 @@ def saved_steps(workdir: str) -> list[int]:
 def _as_saved(metadata: Any) -> Any:
   """Restore target of a tree as it was saved, on this process's first device."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  metadata = getattr(metadata, "item_metadata", metadata)  # a checkpointer's StepMetadata
   metadata = metadata.tree if hasattr(metadata, "tree") else metadata
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
 

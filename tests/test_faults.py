@@ -124,6 +124,13 @@ def test_no_readable_checkpoint_stops_naming_what_was_tried(reference, tmp_path)
 def test_sample_and_eval_fall_back_past_damaged_exports_and_checkpoints(reference, tmp_path, caplog):
   workdir = str(tmp_path / "run")
   shutil.copytree(reference, workdir)
+  # A config with another network is not damage: one clear error, nothing moved aside.
+  other = _config()
+  other.model.network.hidden = 32
+  with pytest.raises(checkpointing.CheckpointMismatchError, match="does not fit this config's model"):
+    sample_lib.latest_ema_params(train.build(other), workdir)
+  assert not glob.glob(os.path.join(workdir, "*", "*.unreadable"))
+
   _damage(_step_dir(workdir, 20, "ema"), "truncated")
   _damage(_step_dir(workdir, 20), "no_commit_marker")
   config = _config()
