@@ -5,6 +5,7 @@ polling while training writes.  Each ends in the state README's "What survives w
 
 import errno
 import glob
+import json
 import logging
 import os
 import pathlib
@@ -176,11 +177,11 @@ def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(reference, 
 # A trainer whose asynchronous save of step 8 never finishes (its metadata write blocks), so
 # that it can be killed in the middle of that save; it says so in <workdir>/stalled.
 _STALLING_TRAINER = r"""
-import os, sys, threading, time
+import json, os, sys, threading, time
 from orbax.checkpoint._src.path import async_path
 from configs.toy import gmm2d
 from score_jax import train
-workdir, fields = sys.argv[1], eval(sys.argv[2])
+workdir, fields = sys.argv[1], json.loads(sys.argv[2])
 real_write = async_path.write_text
 async def stall(path, text):
   if "8.orbax-checkpoint-tmp" in str(path):
@@ -199,7 +200,7 @@ train.train_and_evaluate(config, workdir)
 
 def test_two_jobs_on_one_workdir_and_kill_9_in_the_middle_of_a_save(reference, tmp_path, caplog):
   workdir = str(tmp_path / "run")
-  first = run_main.start([sys.executable, "-c", _STALLING_TRAINER, workdir, repr(FIELDS)], log=str(tmp_path / "first.log"))
+  first = run_main.start([sys.executable, "-c", _STALLING_TRAINER, workdir, json.dumps(FIELDS)], log=str(tmp_path / "first.log"))
   lock_file = pathlib.Path(workdir, checkpointing.LOCK_FILE)
   second = None
   try:
