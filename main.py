@@ -49,7 +49,7 @@ flags.DEFINE_integer("process_id", None, "This process's index, for --distribute
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors a user can fix from the command line (one line, no traceback), besides the library's
-# ConfigError and NonFiniteLossError (see ``user_errors``).
+# ConfigError, NonFiniteLossError and CheckpointError (see ``user_errors``).
 USER_ERRORS = (config_files.ConfigFileError, FileNotFoundError, FileExistsError, NotADirectoryError)
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
 
@@ -137,8 +137,8 @@ def main(argv):
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-  from score_jax import experiment, train  # pylint: disable=import-outside-toplevel
-  return USER_ERRORS + (experiment.ConfigError, train.NonFiniteLossError)
+  from score_jax import checkpointing, experiment, train  # pylint: disable=import-outside-toplevel
+  return USER_ERRORS + (experiment.ConfigError, train.NonFiniteLossError, checkpointing.CheckpointError)
 
 
 if __name__ == "__main__":

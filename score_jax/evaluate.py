@@ -810,7 +810,11 @@ class _Evaluator:
 
   def __call__(self, step: int) -> Optional[dict[str, Any]]:
     t_start = time.perf_counter()
-    found = sample_lib.latest_ema_params(self.setup, self.workdir, step=step)
+    try:
+      found = sample_lib.latest_ema_params(self.setup, self.workdir, step=step)
+    except checkpointing.UnreadableCheckpointError as e:
+      logging.warning("Step %d skipped: %s", step, e)
+      return None
     if found is None:
       logging.warning("The checkpoint of step %d disappeared before it was read (config.training.max_to_keep); "
                       "skipped.", step)

@@ -154,30 +154,37 @@ def write_samples(setup: experiment.Setup, x: np.ndarray, *, png: str, npz: Opti
 
 
 def latest_ema_params(setup: experiment.Setup, workdir: str, step: Optional[int] = None) -> Optional[tuple[int, Any]]:
-  """(step, EMA parameters) of the newest full checkpoint or EMA export in ``workdir``.
+  """(step, EMA parameters) of the newest readable full checkpoint or EMA export in ``workdir``.
+
+  Damaged ones are reported and moved aside, and the next older one is used
+  (``checkpointing.restore_first_readable``); of one step, the export is tried first (a
+  third of the checkpoint's size), then the checkpoint.
 
   Args:
     setup: the components (their network must match the checkpoint's).
     workdir: the run's folder.
-    step: a particular step instead of the newest.
+    step: a particular step instead of the newest (no fallback to other steps).
 
   Returns:
     (step, params) replicated over the mesh, or None when there is nothing to load.
+
+  Raises:
+    checkpointing.UnreadableCheckpointError: none of them could be read.
+    checkpointing.CheckpointMismatchError: the config's model differs from the saved one.
   """
   repl = sharding_lib.replicated(setup.mesh)
   init_key = experiment.keys(setup.seed)["init"]
-  exported = checkpointing.exported_steps(workdir)
   candidates = checkpointing.saved_steps(workdir)
   if not candidates or (step is not None and step not in candidates):
     return None
-  step = candidates[-1] if step is None else step
-  if step in exported:  # the export is a third of the checkpoint's size
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
-                          jax.eval_shape(lambda k: experiment.init_params(setup, k), init_key))
-    return step, checkpointing.load_exported_params(workdir, step, target)
-  with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
-    state = ckpt.restore(experiment.abstract_state(setup, init_key, repl), step=step)
-  return step, state.ema_params
+  params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
+                        jax.eval_shape(lambda k: experiment.init_params(setup, k), init_key))
+  state = experiment.abstract_state(setup, init_key, repl)
+  sources = []
+  for s in sorted(candidates, reverse=True) if step is None else [step]:
+    sources += [checkpointing.export_source(workdir, s, params),
+                checkpointing.checkpoint_source(workdir, s, state, pick=lambda restored: restored.ema_params)]
+  return checkpointing.restore_first_readable(sources, workdir=workdir, writer=False)
 
 
 def draw_key(setup: experiment.Setup, step: int, draw: int) -> jax.Array:

@@ -15,6 +15,7 @@ a crash, ``kill -9`` or preemption — sees exactly the data and noise of an uni
 Workdir layout::
 
     <workdir>/config.json                 resolved config of the first run
+    <workdir>/train.lock                  flock'ed by the training run that writes here (pid, host, start)
     <workdir>/config_step{S}.json         ... of a run resumed at step S with a changed config
     <workdir>/checkpoints/<step>/         Orbax checkpoints of the TrainState (async)
     <workdir>/ema/<step>/                 EMA parameters only, exported at the end of training
@@ -60,6 +61,7 @@ from score_jax import train_state as ts_lib
 Array = Any
 ConfigDict = ml_collections.ConfigDict
 ConfigError = experiment.ConfigError
+CheckpointError = checkpointing.CheckpointError  # damaged checkpoints, a locked workdir, a full disk
 build = experiment.build
 
 
@@ -256,7 +258,10 @@ class ScalarLog:
   def close(self) -> None:
     self._bar.close()
     if self._writer is not None:
-      self._writer.close()
+      try:
+        self._writer.close()
+      except OSError as e:  # e.g. a full disk: reported, not raised over the error that stopped the run
+        logging.warning("TensorBoard scalars in %s not flushed: %s", self._writer.logdir, e)
 
 
 # --- entry point --------------------------------------------------------------------------
@@ -315,7 +320,9 @@ def _output_paths(workdir: str, step: int, setup: experiment.Setup) -> dict[str,
 def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
   """Trains a score model on ``config.data``; at the end samples its EMA parameters.
 
-  Resumes from the latest checkpoint in ``<workdir>/checkpoints`` when there is one.
+  Resumes from the newest readable checkpoint in ``<workdir>/checkpoints`` when there is one
+  (damaged newer ones are moved aside as ``<step>.unreadable``).  Holds the workdir's
+  ``checkpointing.WorkdirLock`` from before the restore to the end.
 
   Args:
     config: the full config (see ``configs/default_ve.py`` or ``configs/toy/gmm2d.py``).
@@ -328,6 +335,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
     ConfigError (a ValueError): a bad config value (before anything compiles).
     FileExistsError: the run's outputs for ``config.training.num_steps`` already exist.
     NonFiniteLossError: the loss became NaN or infinite; the message names the step.
+    checkpointing.WorkdirLockedError: another training run uses ``workdir``.
+    checkpointing.UnreadableCheckpointError: checkpoints exist but none is readable.
+    checkpointing.DiskFullError: a save ran out of space (the previous checkpoint is intact).
   """
   setup = experiment.build(config)
   tr = config.training
@@ -336,15 +346,24 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
   outputs.refuse_overwrite([p for p in final.values() if p], (
       f"The run in {workdir} has already reached step {num_steps}: raise --config.training.num_steps to "
       f"train on, run --mode=sample to draw new samples, or use another --workdir."))
+  os.makedirs(workdir, exist_ok=True)
+  with checkpointing.WorkdirLock(workdir):  # a second trainer on this workdir stops here
+    return _train_and_evaluate(config, workdir, setup, final)
+
+
+def _train_and_evaluate(config: ConfigDict, workdir: str, setup: experiment.Setup,
+                        final: dict[str, Optional[str]]) -> TrainResult:
+  tr = config.training
+  num_steps = tr.num_steps
   keys = experiment.keys(config.seed)
   repl = sharding_lib.replicated(setup.mesh)
   batch_shardings = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), experiment.abstract_batch(setup))
-  os.makedirs(workdir, exist_ok=True)
 
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=tr.max_to_keep)
   try:
-    if ckpt.latest_step() is not None:
-      state = ckpt.restore(experiment.abstract_state(setup, keys["init"], repl))
+    found = ckpt.restore_newest_readable(experiment.abstract_state(setup, keys["init"], repl))
+    if found is not None:
+      state = found[1]
       logging.info("Resuming from the checkpoint of step %d in %s.", int(state.step), ckpt.directory)
     else:
       state = jax.jit(lambda key: experiment.init_state(setup, key), out_shardings=repl)(keys["init"])
@@ -442,6 +461,7 @@ def _train_loop(step_fn: Callable, state: ts_lib.TrainState, feeder: BatchFeeder
 
   for step in range(start_step, num_steps):
     state, metrics = step_fn(state, feeder(step))
+    ckpt.poll()  # a failed asynchronous save (disk full) stops the run now
     settle()
     pending = (step, metrics)
     done = step + 1
