@@ -44,9 +44,8 @@ import json
 import math
 import os
 import pickle
-import re
 import zipfile
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import flax.linen as nn
 import flax.serialization
@@ -398,6 +397,19 @@ def _diffusers_names(model: nn.Module,
       yield path, f"<no diffusers counterpart of {full}>", "same"
 
 
+def _converted_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+  """The score_jax shape of a source array of ``shape`` under ``layout``."""
+  if layout == "nin":
+    return (1, 1, *shape)
+  if layout == "conv" and len(shape) == 4:
+    return (shape[2], shape[3], shape[1], shape[0])
+  if layout == "linear" and len(shape) == 2:
+    return shape[::-1]
+  if layout == "linear1x1" and len(shape) == 2:
+    return (1, 1, *shape[::-1])
+  return shape
+
+
 def _convert_leaf(src: np.ndarray, layout: str) -> np.ndarray:
   if layout == "nin":
     return src[None, None]
@@ -410,30 +422,59 @@ def _convert_leaf(src: np.ndarray, layout: str) -> np.ndarray:
   return src
 
 
-def _assemble(pairs: Iterator[tuple[tuple[str, ...], str, str]], arrays: dict[str, np.ndarray],
-              shapes: dict[tuple[str, ...], tuple[int, ...]], what: str) -> dict[str, Any]:
-  """Builds the score_jax tree from ``arrays`` along the name map; one-line error on the first mismatch."""
-  used: set[str] = set()
-  tree: dict[str, Any] = {}
+def plan(pairs: Iterator[tuple[tuple[str, ...], str, str]], source: dict[str, tuple[int, ...]],
+         shapes: dict[tuple[str, ...], tuple[int, ...]], what: str) -> list[tuple[tuple[str, ...], str, str]]:
+  """Checks a name map against the source's {name: shape}, before any array is read.
+
+  Args:
+    pairs: (score_jax path, source name, layout) for every score_jax parameter.
+    source: the file's arrays' shapes.
+    shapes: the score_jax network's {path: shape}.
+    what: the file, for messages.
+
+  Returns:
+    The pairs, as a list.
+
+  Raises:
+    PretrainedMismatch: one line naming the first missing, mis-shaped or left-over array.
+  """
+  pairs = list(pairs)
   for path, name, layout in pairs:
     jax_name = "/".join(path)
-    if name not in arrays:
+    if name not in source:
       raise PretrainedMismatch(f"{what}: array {name!r} (for score_jax {jax_name}, shape {shapes[path]}) is missing "
                                "— wrong --config for this file?")
-    value = _convert_leaf(np.asarray(arrays[name]), layout)
-    if tuple(value.shape) != shapes[path]:
-      raise PretrainedMismatch(f"{what}: array {name!r} has shape {tuple(arrays[name].shape)} but score_jax "
+    if _converted_shape(tuple(source[name]), layout) != shapes[path]:
+      raise PretrainedMismatch(f"{what}: array {name!r} has shape {tuple(source[name])} but score_jax "
                                f"{jax_name} needs {shapes[path]} — wrong --config for this file?")
-    used.add(name)
-    node = tree
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = value.astype(np.float32)
-  extra = sorted(set(arrays) - used)
+  extra = sorted(set(source) - {name for _, name, _ in pairs})
   if extra:
     raise PretrainedMismatch(f"{what}: array {extra[0]!r} (and {len(extra) - 1} more) has no place in the config's "
                              "network — wrong --config for this file?")
+  return pairs
+
+
+def _assemble(pairs: Iterator[tuple[tuple[str, ...], str, str]], arrays: dict[str, np.ndarray],
+              shapes: dict[tuple[str, ...], tuple[int, ...]], what: str) -> dict[str, Any]:
+  """Builds the score_jax tree from ``arrays`` along the name map (checked first by ``plan``)."""
+  tree: dict[str, Any] = {}
+  for path, name, layout in plan(pairs, {k: np.shape(v) for k, v in arrays.items()}, shapes, what):
+    node = tree
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = np.asarray(_convert_leaf(np.asarray(arrays[name]), layout), np.float32)
   return tree
+
+
+def name_map(fmt: str, model: nn.Module) -> tuple[Iterator[tuple[tuple[str, ...], str, str]],
+                                                   dict[tuple[str, ...], tuple[int, ...]]]:
+  """(the (score_jax path, source name, layout) map of ``fmt``, the network's {path: shape})."""
+  shapes, resample = _trace(model)
+  if fmt == "score_sde":
+    return _score_sde_names(shapes, resample), shapes
+  if fmt == "diffusers":
+    return _diffusers_names(model, shapes), shapes
+  raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}.")
 
 
 def convert(src: str, model: nn.Module, *, params: str = "ema") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -453,11 +494,11 @@ def convert(src: str, model: nn.Module, *, params: str = "ema") -> tuple[dict[st
   fmt = detect_format(src)
   if fmt == "export":
     raise ValueError(f"{src} is already a converted export; pass it as --config.model.pretrained.")
-  shapes, resample = _trace(model)
+  pairs, shapes = name_map(fmt, model)
   if fmt == "score_sde":
     flat, step = read_score_sde(src, params=params)
     arrays = {"/".join(k): v for k, v in flat.items()}
-    tree = _assemble(_score_sde_names(shapes, resample), arrays, shapes, os.path.basename(src))
+    tree = _assemble(pairs, arrays, shapes, os.path.basename(src))
   else:
     cfg, arrays = read_diffusers(src)
     check_diffusers_config(cfg, model)
@@ -469,7 +510,7 @@ def convert(src: str, model: nn.Module, *, params: str = "ema") -> tuple[dict[st
         raise PretrainedMismatch(f"{src}: time_proj.W and time_proj.weight differ.")
       arrays.setdefault("time_proj.weight", w)
     step = 0
-    tree = _assemble(_diffusers_names(model, shapes), arrays, shapes, os.path.basename(os.path.normpath(src)))
+    tree = _assemble(pairs, arrays, shapes, os.path.basename(os.path.normpath(src)))
   meta = {"format": fmt, "source": os.path.abspath(src), "step": step, "params": params if fmt == "score_sde" else "ema",
           "conditioning": CONDITIONING}
   return tree, meta

@@ -9,6 +9,9 @@ agree to ~1e-14 (score_sde's positional embedding is float32 inside: ~1e-8).
 
 from __future__ import annotations
 
+import functools
+import gzip
+import importlib
 import json
 import pathlib
 import shutil
@@ -54,6 +57,8 @@ def case(name: str) -> tuple[dict, dict, Any]:
   return meta, ref, models.get_model("ncsnpp", **meta["network"])
 
 
+
+
 @pytest.mark.parametrize("name", SCORE_SDE_CASES)
 def test_score_sde_checkpoint_matches_score_sde(name):
   """The converted network under conditioning="score_sde" gives score_sde's own score_fn: that is
@@ -63,7 +68,7 @@ def test_score_sde_checkpoint_matches_score_sde(name):
   src = str(FIXTURES / name / "checkpoint_7")
   ema, info = pretrained.convert(src, model)
   assert info["step"] == 7 and info["format"] == "score_sde" and info["params"] == "ema"
-  apply = lambda p, x, c: model.apply({"params": p}, x, c)  # noqa: E731
+  apply = lambda p, x, c: model.apply({"params": p}, x, c)  # noqa: E731  (op by op: the cases share op compiles)
   with jax.enable_x64(True):
     for key in (k for k in ref if k.startswith("score_")):
       sde = sde_lib.get_sde(key[len("score_"):], **meta["sde_params"])
@@ -112,7 +117,8 @@ def test_diffusers_folder_matches_diffusers(tmp_path, diffusers_arrays):
   assert info["format"] == "diffusers"
   ref = np.load(FIXTURES / "diffusers" / "reference.npz")
   with jax.enable_x64(True):
-    out = model.apply({"params": f64(params)}, jnp.asarray(ref["x"], jnp.float64), jnp.asarray(ref["sigma"], jnp.float64))
+    apply = jax.jit(lambda p, x, c: model.apply({"params": p}, x, c))  # one compile beats op by op at 128 channels
+    out = apply(f64(params), jnp.asarray(ref["x"], jnp.float64), jnp.asarray(ref["sigma"], jnp.float64))
     out = out / ref["sigma"][:, None, None, None]  # diffusers divides by σ (score_sde's scale_by_sigma)
   assert rel_err(out, ref["out"]) < RTOL
   # Files written by older diffusers: query / key / value / proj_attn and a duplicate time_proj.W.
@@ -263,3 +269,50 @@ def test_converted_fixture_samples_through_main(export_dir, tmp_path):
   x = np.load(workdir / "samples" / "0" / "samples.npz")
   images = x[x.files[0]]
   assert images.shape[1:] == (8, 8, 3) and np.isfinite(images).all()
+
+
+# ---- the full-size published networks: every array has its place ---------------------------------
+
+
+def published(kind: str) -> dict:
+  with gzip.open(FIXTURES / f"{kind}_shapes.json.gz", "rt") as f:
+    return json.load(f)
+
+
+def traced(config_path: str, overrides: dict) -> tuple[Any, dict, dict]:
+  """(network, {path: shape}, resampling kinds) of a score_jax config, traced once per distinct
+  network (sub-VP shares VP's, Church CelebA-HQ's; both formats share a trace)."""
+  fields = pretrained_fixtures.score_jax_network(config_path, overrides)
+  return _trace_fields(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in fields.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _trace_fields(fields: tuple) -> tuple[Any, dict, dict]:
+  model = models.get_model("ncsnpp", **dict(fields))
+  shapes, resample = pretrained._trace(model)  # pylint: disable=protected-access
+  return model, shapes, resample
+
+
+@pytest.mark.parametrize("name", sorted(published("score_sde")))
+def test_score_sde_published_networks_map_onto_configs(name):
+  """score_sde's own configs (names and shapes by jax.eval_shape of its NCSN++, in the fixture) map
+  one to one onto the score_jax config of the same experiment — 62.8M to 107.6M parameters."""
+  entry = published("score_sde")[name]
+  config_path = entry["score_jax_config"]
+  config = importlib.import_module(config_path[:-3].replace("/", ".")).get_config()
+  assert bool(config.data.centered) == entry["centered"], "config.data.centered differs from score_sde's"
+  _, shapes, resample = traced(config_path, entry["overrides"])
+  pairs = pretrained._score_sde_names(shapes, resample)  # pylint: disable=protected-access
+  pretrained.plan(pairs, {k: tuple(v) for k, v in entry["shapes"].items()}, shapes, name)
+  assert sum(np.prod(s) for s in shapes.values()) == sum(np.prod(s) for s in entry["shapes"].values())
+
+
+@pytest.mark.parametrize("name", sorted(published("diffusers")))
+def test_diffusers_published_networks_map_onto_configs(name):
+  """diffusers' UNet2DModel for the google/ncsnpp-* configs (built on torch's meta device) maps one
+  to one onto the score_jax config."""
+  entry = published("diffusers")[name]
+  model, shapes, _ = traced(entry["score_jax_config"], {})
+  pretrained.check_diffusers_config(entry["config"], model)
+  pairs = pretrained._diffusers_names(model, shapes)  # pylint: disable=protected-access
+  pretrained.plan(pairs, {k: tuple(v) for k, v in entry["shapes"].items()}, shapes, name)

@@ -29,12 +29,23 @@ stream, the test draws the very same arrays and writes the .safetensors file its
 writes ``torch_bin/state.bin`` (torch.save of a few tensors with float16, a transposed view
 and an offset view) with ``torch_bin/expected.npz`` for the restricted .bin reader.
 
-Nothing is overwritten: delete the fixture folder to regenerate it.
+Full-size name maps (``shapes`` subcommands): the parameter names and shapes of every
+published network whose config has a counterpart in configs/ — score_sde's, from its own
+config files through ``jax.eval_shape`` (no weights), and diffusers' for the NCSN++ configs
+it converted (CelebA-HQ 256, Church 256, FFHQ 1024), built on torch's meta device — go to
+``score_sde_shapes.json.gz`` / ``diffusers_shapes.json.gz``; the test maps them onto
+score_jax's networks without allocating a weight::
+
+    python tools/pretrained_fixtures.py score_sde_shapes --score_sde=/path/to/score_sde
+    python tools/pretrained_fixtures.py diffusers_shapes      # in the torch environment
+
+Nothing is overwritten: delete the fixture folder (or file) to regenerate it.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -82,6 +93,102 @@ DIFFUSERS_CONFIG = dict(
     up_block_types=["AttnSkipUpBlock2D", "SkipUpBlock2D"], mid_block_scale_factor=math.sqrt(2.0), norm_eps=1e-6,
     norm_num_groups=None, attention_head_dim=None, act_fn="silu")
 DIFFUSERS_SIGMAS = (0.05, 3.0)
+
+
+# score_sde's published continuous-time NCSN++ / DDPM++ configs -> score_jax's config (with overrides).
+PUBLISHED = {
+    "ve/cifar10_ncsnpp_continuous": ("configs/ve/cifar10_ncsnpp_continuous.py", {}),
+    "ve/cifar10_ncsnpp_deep_continuous": ("configs/ve/cifar10_ncsnpp_continuous.py", {"num_res_blocks": 8}),
+    "vp/cifar10_ddpmpp_continuous": ("configs/vp/cifar10_ddpmpp_continuous.py", {}),
+    "vp/cifar10_ddpmpp_deep_continuous": ("configs/vp/cifar10_ddpmpp_continuous.py", {"num_res_blocks": 8}),
+    "subvp/cifar10_ddpmpp_continuous": ("configs/subvp/cifar10_ddpmpp_continuous.py", {}),
+    "subvp/cifar10_ddpmpp_deep_continuous": ("configs/subvp/cifar10_ddpmpp_continuous.py", {"num_res_blocks": 8}),
+    "ve/celebahq_256_ncsnpp_continuous": ("configs/ve/celebahq_256.py", {}),
+    "ve/church_ncsnpp_continuous": ("configs/ve/church_256.py", {}),
+    "ve/ffhq_ncsnpp_continuous": ("configs/ve/ffhq_1024.py", {}),
+}
+DIFFUSERS_PUBLISHED = {"google/ncsnpp-celebahq-256": "configs/ve/celebahq_256.py",
+                       "google/ncsnpp-church-256": "configs/ve/church_256.py",
+                       "google/ncsnpp-ffhq-1024": "configs/ve/ffhq_1024.py"}
+
+
+def score_jax_network(config_path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+  """The NCSNpp fields of a score_jax config file (plus overrides), image size and channels filled in."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, root)
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(root, config_path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  fields = config.model.network.to_dict() | overrides
+  return fields | {"image_size": config.data.image_size, "num_channels": 3}
+
+
+def diffusers_config(net: dict[str, Any]) -> dict[str, Any]:
+  """The UNet2DModel config of a score_jax NCSN++ with skip pyramids (what diffusers' conversion used)."""
+  levels = len(net["ch_mult"])
+  attn = [net["image_size"] // 2**i in net["attn_resolutions"] for i in range(levels)]
+  return dict(sample_size=net["image_size"], in_channels=3, out_channels=3, time_embedding_type="fourier",
+              block_out_channels=[net["nf"] * m for m in net["ch_mult"]], layers_per_block=net["num_res_blocks"],
+              down_block_types=["AttnSkipDownBlock2D" if a else "SkipDownBlock2D" for a in attn],
+              up_block_types=["AttnSkipUpBlock2D" if a else "SkipUpBlock2D" for a in reversed(attn)],
+              mid_block_scale_factor=math.sqrt(2.0), norm_eps=1e-6, norm_num_groups=None, attention_head_dim=None)
+
+
+def _write_gz(path: str, obj: Any) -> None:
+  if os.path.exists(path):
+    raise SystemExit(f"{path} exists; delete it to regenerate (nothing was overwritten).")
+  with gzip.open(path, "wt") as f:
+    json.dump(obj, f)
+
+
+def make_score_sde_shapes(checkout: str, out: str) -> None:
+  """{published score_sde config: {param path: shape}} by jax.eval_shape of score_sde's NCSNpp."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  mutils = _import_score_sde(checkout)
+  package = types.ModuleType("configs")  # score_sde's config files import `configs.default_*`
+  package.__path__ = [os.path.join(os.path.abspath(checkout), "configs")]
+  sys.modules["configs"] = package
+  # ffhq_ncsnpp_continuous.py sets config.device with torch (unused by the model): a stand-in.
+  sys.modules.setdefault("torch", types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: False),
+                                                        device=str))
+  result = {}
+  for name, (config_path, overrides) in PUBLISHED.items():
+    spec = importlib.util.spec_from_file_location("sde_cfg", os.path.join(checkout, "configs", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    model = mutils.get_model("ncsnpp")(config=config)
+    size = config.data.image_size
+    tree = jax.eval_shape(lambda k, m=model, s=size: m.init({"params": k, "dropout": k}, jnp.zeros((1, s, s, 3)),
+                                                            jnp.ones((1,)), train=False)["params"], jax.random.PRNGKey(0))
+    shapes = {"/".join(str(getattr(p, "key", p)) for p in path): list(leaf.shape)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    result[name] = {"score_jax_config": config_path, "overrides": overrides, "centered": bool(config.data.centered),
+                    "shapes": shapes}
+    print(f"{name}: {sum(int(np.prod(s)) for s in shapes.values()):,} parameters")
+  _write_gz(os.path.join(out, "score_sde_shapes.json.gz"), result)
+
+
+def make_diffusers_shapes(out: str) -> None:
+  """{published diffusers NCSN++: {state-dict name: shape}}, built on torch's meta device."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from diffusers import UNet2DModel  # pylint: disable=import-outside-toplevel
+
+  result = {}
+  for name, config_path in DIFFUSERS_PUBLISHED.items():
+    cfg = diffusers_config(score_jax_network(config_path, {}))
+    with torch.device("meta"):
+      model = UNet2DModel(**cfg)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    result[name] = {"score_jax_config": config_path, "config": cfg, "shapes": shapes}
+    print(f"{name}: {sum(int(np.prod(s)) for s in shapes.values()):,} parameters")
+  _write_gz(os.path.join(out, "diffusers_shapes.json.gz"), result)
 
 
 def deterministic_weights(manifest: list[list[Any]], seed: int = SEED) -> dict[str, np.ndarray]:
@@ -143,14 +250,9 @@ def _redraw(tree: Any, key: Any) -> Any:
   return jax.tree_util.tree_unflatten(treedef, new)
 
 
-def make_score_sde(checkout: str, out: str) -> None:
-  """The score_sde fixtures (see the module docstring)."""
+def _import_score_sde(checkout: str) -> Any:
+  """score_sde's models.utils (NCSNpp registered), importable on today's Flax."""
   import flax  # pylint: disable=import-outside-toplevel
-  import flax.serialization  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import ml_collections  # pylint: disable=import-outside-toplevel
-
   import flax.training.checkpoints  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
 
   # Two stubs for imports the model code never uses (the checkout is not modified).
@@ -159,6 +261,18 @@ def make_score_sde(checkout: str, out: str) -> None:
   sys.path.insert(0, os.path.abspath(checkout))
   from models import ncsnpp  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers it)
   from models import utils as mutils  # pylint: disable=import-outside-toplevel
+  return mutils
+
+
+def make_score_sde(checkout: str, out: str) -> None:
+  """The score_sde fixtures (see the module docstring)."""
+  import flax  # pylint: disable=import-outside-toplevel
+  import flax.serialization  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  mutils = _import_score_sde(checkout)
   import sde_lib  # pylint: disable=import-outside-toplevel
 
   # Weights and inputs are float32 values (what the checkpoint stores); the reference outputs
@@ -248,16 +362,16 @@ def make_diffusers(out: str) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("kind", choices=("score_sde", "diffusers"))
+  parser.add_argument("kind", choices=("score_sde", "diffusers", "score_sde_shapes", "diffusers_shapes"))
   parser.add_argument("--out", default="tests/fixtures/pretrained")
   parser.add_argument("--score_sde", help="a checkout of github.com/yang-song/score_sde (kind score_sde)")
   args = parser.parse_args()
-  if args.kind == "score_sde":
-    if not args.score_sde:
-      parser.error("score_sde needs --score_sde=<checkout>.")
-    make_score_sde(args.score_sde, args.out)
-  else:
-    make_diffusers(args.out)
+  if args.kind.startswith("score_sde") and not args.score_sde:
+    parser.error(f"{args.kind} needs --score_sde=<checkout>.")
+  os.makedirs(args.out, exist_ok=True)
+  {"score_sde": lambda: make_score_sde(args.score_sde, args.out),
+   "score_sde_shapes": lambda: make_score_sde_shapes(args.score_sde, args.out),
+   "diffusers": lambda: make_diffusers(args.out), "diffusers_shapes": lambda: make_diffusers_shapes(args.out)}[args.kind]()
 
 
 if __name__ == "__main__":
