@@ -32,7 +32,7 @@ the export written here records that and ``score_jax.experiment`` refuses any ot
 
 Command line (writes an EMA export, ``<out>/ema/<step>``, plus ``<out>/pretrained.json``)::
 
-    python -m score_jax.pretrained --src=checkpoint_48 --config=configs/ve/celebahq_256.py --out=pretrained/celebahq
+    python -m score_jax.pretrained --src=checkpoint_<n> --config=configs/ve/celebahq_256.py --out=pretrained/celebahq
     python main.py --config=configs/ve/celebahq_256.py --workdir=runs/celebahq_pt --mode=sample \\
         --config.model.pretrained=pretrained/celebahq --config.model.conditioning=score_sde
 """
@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax import checkpointing
+from score_jax import models
 from score_jax.models import layers
 
 Array = Any
@@ -117,7 +118,8 @@ def read_score_sde(path: str, *, params: str = "ema") -> tuple[dict[tuple[str, .
     raise PretrainedMismatch(f"{path} is not a score_sde training state (needs params_ema and optimizer; has {found}).")
   tree = state["params_ema"] if params == "ema" else state["optimizer"].get("target")
   if not isinstance(tree, dict):
-    raise PretrainedMismatch(f"{path}: no parameter tree under {'params_ema' if params == 'ema' else 'optimizer.target'}.")
+    where = "params_ema" if params == "ema" else "optimizer.target"
+    raise PretrainedMismatch(f"{path}: no parameter tree under {where}.")
   step = state.get("step", 0)
   return {k: np.asarray(v) for k, v in _flatten(tree).items()}, int(np.asarray(step)) if step is not None else 0
 
@@ -511,8 +513,8 @@ def convert(src: str, model: nn.Module, *, params: str = "ema") -> tuple[dict[st
       arrays.setdefault("time_proj.weight", w)
     step = 0
     tree = _assemble(pairs, arrays, shapes, os.path.basename(os.path.normpath(src)))
-  meta = {"format": fmt, "source": os.path.abspath(src), "step": step, "params": params if fmt == "score_sde" else "ema",
-          "conditioning": CONDITIONING}
+  meta = {"format": fmt, "source": os.path.abspath(src), "step": step,
+          "params": params if fmt == "score_sde" else "ema", "conditioning": CONDITIONING}
   return tree, meta
 
 
@@ -583,8 +585,6 @@ def network_of(config: Any) -> nn.Module:
   Raises:
     ValueError: the config's model is not "ncsnpp", or a bad network field.
   """
-  from score_jax import models  # pylint: disable=import-outside-toplevel
-
   if config.model.name != "ncsnpp":
     raise ValueError(f"config.model.name is {config.model.name!r}; published score_sde checkpoints are 'ncsnpp' "
                      "(NCSN++ / DDPM++) networks.")
@@ -604,9 +604,11 @@ def main(argv: Any) -> None:
   path = export(fl.src, model, fl.out, params=fl.params, centered=bool(fl.config.data.centered),
                 config_path=fl["config"].config_filename)
   meta = read_meta(fl.out)
-  print(f"Wrote {meta['num_params']:,} parameters ({meta['format']}, {meta['params']}, step {meta['step']}) to {path}.\n"
-        f"Sample with: python main.py --config={fl['config'].config_filename} --workdir=<new folder> --mode=sample "
-        f"--config.model.pretrained={os.path.abspath(fl.out)} --config.model.conditioning={CONDITIONING}")
+  print(f"Wrote {meta['num_params']:,} parameters ({meta['format']}, {meta['params']}, step {meta['step']}) "
+        f"to {path}.\n"
+        f"Sample with: python main.py --config={fl['config'].config_filename} [the same --config.* overrides] "
+        f"--workdir=<new folder> --mode=sample --config.model.pretrained={os.path.abspath(fl.out)} "
+        f"--config.model.conditioning={CONDITIONING}")
 
 
 if __name__ == "__main__":

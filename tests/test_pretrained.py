@@ -29,8 +29,10 @@ import run_main
 from score_jax import experiment
 from score_jax import models
 from score_jax import pretrained
+from score_jax import sample as sample_lib
 from score_jax import score_fn as score_fn_lib
 from score_jax import sde as sde_lib
+from score_jax import train
 from tools import pretrained_fixtures
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "pretrained"
@@ -164,7 +166,8 @@ def test_mismatches_are_one_line_naming_the_array(tmp_path, diffusers_arrays):
   wider = models.get_model("ncsnpp", **(meta["network"] | {"nf": 8}))
   with pytest.raises(pretrained.PretrainedMismatch) as e:
     pretrained.convert(str(src), wider)
-  assert "'AttnBlockpp_0/NIN_0/b' has shape (8,)" in one_line(e) and "AttnBlock_0/Conv_0/bias needs (16,)" in str(e.value)
+  assert "'AttnBlockpp_0/NIN_0/b' has shape (8,)" in one_line(e)
+  assert "AttnBlock_0/Conv_0/bias needs (16,)" in str(e.value)
   state = flax.serialization.msgpack_restore(src.read_bytes())
   extra = dict(state, params_ema=dict(state["params_ema"], Dense_7={"kernel": np.ones((2, 2), np.float32)}))
   (tmp_path / "extra").write_bytes(flax.serialization.msgpack_serialize(extra))
@@ -247,6 +250,7 @@ def test_export_and_config_validation(export_dir):
     pretrained.export(str(FIXTURES / "ve_ncsnpp" / "checkpoint_7"), case("ve_ncsnpp")[2], str(export_dir))
   setup = experiment.build(smoke_config(pretrained=str(export_dir), conditioning="score_sde"))
   assert setup.pretrained == str(export_dir) and setup.centered is False
+  assert sample_lib.available_steps(setup, "/nonexistent/workdir") == [7]  # what --mode=eval iterates over
   with pytest.raises(experiment.ConfigError, match=r"^config.model.conditioning: .*conditioning=score_sde"):
     experiment.build(smoke_config(pretrained=str(export_dir)))
   config = smoke_config(pretrained=str(export_dir), conditioning="score_sde")
@@ -254,6 +258,10 @@ def test_export_and_config_validation(export_dir):
   with pytest.raises(experiment.ConfigError, match=r"^config.model.pretrained: .*array \S+ has shape") as e:
     experiment.build(config)
   one_line(e)
+  with pytest.raises(experiment.ConfigError, match=r"^config.model.pretrained: .*--mode=sample and --mode=eval only"):
+    train.train_and_evaluate(smoke_config(pretrained=str(export_dir), conditioning="score_sde"),
+                             str(export_dir.parent / "never_written"))
+  assert not (export_dir.parent / "never_written").exists()
   with pytest.raises(experiment.ConfigError, match=r"^config.model.pretrained: .*not a converted export"):
     experiment.build(smoke_config(pretrained=str(FIXTURES / "ve_ncsnpp" / "checkpoint_7"), conditioning="score_sde"))
 

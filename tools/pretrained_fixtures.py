@@ -22,7 +22,7 @@ diffusers — run in a scratch environment with ``pip install torch diffusers sa
 builds a ``UNet2DModel`` with the block types of ``google/ncsnpp-celebahq-256`` (skip blocks,
 attention at one level, Fourier time embedding, FIR resampling) at 8×8 with 128 channels —
 the smallest width at which diffusers' fixed 32-group attention norms agree with NCSN++'s
-min(C/4, 32) groups.  Its 4.7M weights would not fit a small fixture, so they are not stored:
+min(C/4, 32) groups.  Its 4.97M weights would not fit a small fixture, so they are not stored:
 ``deterministic_weights`` draws them from the manifest (names and shapes) with a fixed PCG64
 stream, the test draws the very same arrays and writes the .safetensors file itself.  Stored:
 ``diffusers/config.json``, ``diffusers/manifest.json``, ``diffusers/reference.npz``.  It also
@@ -165,8 +165,9 @@ def make_score_sde_shapes(checkout: str, out: str) -> None:
     config = module.get_config()
     model = mutils.get_model("ncsnpp")(config=config)
     size = config.data.image_size
-    tree = jax.eval_shape(lambda k, m=model, s=size: m.init({"params": k, "dropout": k}, jnp.zeros((1, s, s, 3)),
-                                                            jnp.ones((1,)), train=False)["params"], jax.random.PRNGKey(0))
+    init = lambda k, m=model, s=size: m.init({"params": k, "dropout": k}, jnp.zeros((1, s, s, 3)),  # noqa: E731
+                                             jnp.ones((1,)), train=False)["params"]
+    tree = jax.eval_shape(init, jax.random.PRNGKey(0))
     shapes = {"/".join(str(getattr(p, "key", p)) for p in path): list(leaf.shape)
               for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
     result[name] = {"score_jax_config": config_path, "overrides": overrides, "centered": bool(config.data.centered),
@@ -369,9 +370,14 @@ def main() -> None:
   if args.kind.startswith("score_sde") and not args.score_sde:
     parser.error(f"{args.kind} needs --score_sde=<checkout>.")
   os.makedirs(args.out, exist_ok=True)
-  {"score_sde": lambda: make_score_sde(args.score_sde, args.out),
-   "score_sde_shapes": lambda: make_score_sde_shapes(args.score_sde, args.out),
-   "diffusers": lambda: make_diffusers(args.out), "diffusers_shapes": lambda: make_diffusers_shapes(args.out)}[args.kind]()
+  if args.kind == "score_sde":
+    make_score_sde(args.score_sde, args.out)
+  elif args.kind == "score_sde_shapes":
+    make_score_sde_shapes(args.score_sde, args.out)
+  elif args.kind == "diffusers":
+    make_diffusers(args.out)
+  else:
+    make_diffusers_shapes(args.out)
 
 
 if __name__ == "__main__":
