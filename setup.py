@@ -26,7 +26,9 @@ setup(
         "scikit-learn>=1.4",  # ships the embedded 8x8 digits dataset
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.12", "tensorflow-datasets>=4.9.10"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.12", "tensorflow-datasets>=4.9.10", "safetensors>=0.4"],
+        # Reading diffusers .safetensors files (score_jax.pretrained); 0.5 MB, no dependencies.
+        "pretrained": ["safetensors>=0.4"],
         # data kind "tfds": random access to array_record data via tfds.data_source; no TensorFlow
         # (it brings array-record on Linux, and pyarrow, dm-tree, tensorflow-metadata, ...).
         "tfds": ["tensorflow-datasets>=4.9.10"],

@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   model.conditioning = "sigma"
   model.ema_rate = 0.999
   model.class_conditional = False
+  # A converted published checkpoint (`python -m score_jax.pretrained --out=DIR`): --mode=sample / eval
+  # read the network from DIR instead of the workdir's checkpoints.  "": the workdir's own.
+  model.pretrained = ""
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = "adam"

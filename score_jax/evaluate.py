@@ -901,7 +901,8 @@ def evaluate(config: ConfigDict, workdir: str) -> list[dict[str, Any]]:
     end = int(config.training.num_steps)
 
   def in_range() -> list[int]:
-    return [s for s in checkpointing.saved_steps(workdir) if opts.begin_step <= s and (end is None or s <= end)]
+    steps = sample_lib.available_steps(setup, workdir)  # the converted checkpoint's with config.model.pretrained
+    return [s for s in steps if opts.begin_step <= s and (end is None or s <= end)]
 
   if not opts.wait and not in_range():
     where = f"{checkpointing.checkpoint_dir(workdir)} (or EMA export in {checkpointing.export_dir(workdir)})"

@@ -40,6 +40,7 @@ import optax
 
 from score_jax import losses
 from score_jax import models
+from score_jax import pretrained as pretrained_lib
 from score_jax import sampling
 from score_jax import score_fn as score_fn_lib
 from score_jax import sde as sde_lib
@@ -222,6 +223,9 @@ class Setup:
     sampling_method: the sampler's name.
     sampling_options: its options, defaults filled in.
     seed: ``config.seed`` (keys come from ``keys(seed)``; image batching uses it directly).
+    centered: the data live in [−1, 1] (else [0, 1]); score_sde's convention needs it.
+    pretrained: a converted published checkpoint (``score_jax.pretrained`` export) that
+      sample / eval use instead of the workdir's checkpoints; "" for none.
   """
 
   sde: sde_lib.SDE
@@ -241,6 +245,8 @@ class Setup:
   sampling_method: str
   sampling_options: dict[str, Any]
   seed: int
+  centered: bool = True
+  pretrained: str = ""
 
   @property
   def data_shape(self) -> tuple[int, ...]:
@@ -257,7 +263,7 @@ class Setup:
     """``score_fn(x, t)`` of the network with ``params`` (labels bound when given)."""
     apply = functools.partial(self.apply, train=train, dropout_key=dropout_key)
     return score_fn_lib.get_score_fn(self.sde, apply, params, parametrization=self.parametrization,
-                                     conditioning=self.conditioning, labels=labels)
+                                     conditioning=self.conditioning, labels=labels, centered=self.centered)
 
 
 def _validate_training(config: ConfigDict) -> None:
@@ -364,7 +370,9 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
                 label_dropout=float(config.training.get("label_dropout", 0.0)),
                 batch_size=config.training.batch_size,
                 skip_nonfinite=bool(config.training.get("skip_nonfinite", False)), mesh=mesh,
-                sampling_method=method, sampling_options=options, seed=config.seed)
+                sampling_method=method, sampling_options=options, seed=config.seed,
+                centered=bool(config.data.get("centered", True)) if isinstance(data, ImageData) else True,
+                pretrained=str(config.model.get("pretrained", "") or ""))
   # Trace (never compile) the loss, first with an exact-shape stand-in score, then with the
   # network: a wrong loss option or a network that does not return x's shape fails here.
   k = keys(config.seed)
@@ -379,7 +387,28 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
   with config_field("config.model"):
     params = jax.eval_shape(functools.partial(init_params, setup), k["init"])
     jax.eval_shape(network_loss, params, k["train"], batch)
+  if setup.pretrained:
+    _check_pretrained(setup, params)
   return setup
+
+
+def _check_pretrained(setup: Setup, params: Any) -> None:
+  """``config.model.pretrained``: a converted export that fits the network and its conventions."""
+  field, path = "config.model.pretrained", setup.pretrained
+  with config_field(field):
+    fmt = pretrained_lib.detect_format(path)
+  check(fmt == "export", field, f"{path} is a {fmt} checkpoint, not a converted export; convert it once with "
+        f"`python -m score_jax.pretrained --src={path} --config=<this config> --out=DIR` and pass DIR.")
+  with config_field(field):
+    meta = pretrained_lib.check_export(path, pretrained_lib.shapes_of(params))
+  want = meta.get("conditioning", pretrained_lib.CONDITIONING)
+  check(setup.conditioning == want, "config.model.conditioning",
+        f"is {setup.conditioning!r} but {path} holds a network trained with score_sde's conventions; add "
+        f"--config.model.conditioning={want} (score_jax.score_fn documents both).")
+  if "centered" in meta:
+    check(bool(meta["centered"]) == setup.centered, "config.data.centered",
+          f"is {setup.centered} but {path} was converted for centered={meta['centered']} data (its config "
+          f"{meta.get('config', '')!r}); use the same data setting.")
 
 
 def abstract_batch(setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:

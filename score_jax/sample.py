@@ -29,6 +29,7 @@ import numpy as np
 from score_jax import checkpointing
 from score_jax import experiment
 from score_jax import outputs
+from score_jax import pretrained
 from score_jax import sampling
 from score_jax import sharding as sharding_lib
 from score_jax.data import toy
@@ -153,8 +154,16 @@ def write_samples(setup: experiment.Setup, x: np.ndarray, *, png: str, npz: Opti
   return metrics
 
 
+def available_steps(setup: experiment.Setup, workdir: str) -> list[int]:
+  """Steps sample / eval can read: the converted checkpoint's (``config.model.pretrained``), else the workdir's."""
+  if setup.pretrained:
+    return [int(pretrained.read_meta(setup.pretrained).get("step", 0))]
+  return checkpointing.saved_steps(workdir)
+
+
 def latest_ema_params(setup: experiment.Setup, workdir: str, step: Optional[int] = None) -> Optional[tuple[int, Any]]:
-  """(step, EMA parameters) of the newest readable full checkpoint or EMA export in ``workdir``.
+  """(step, EMA parameters) of the newest readable full checkpoint or EMA export in ``workdir``,
+  or of the converted published checkpoint ``setup.pretrained`` when there is one.
 
   Damaged ones are reported and moved aside, and the next older one is used
   (``checkpointing.restore_first_readable``); of one step, the export is tried first (a
@@ -174,6 +183,12 @@ def latest_ema_params(setup: experiment.Setup, workdir: str, step: Optional[int]
   """
   repl = sharding_lib.replicated(setup.mesh)
   init_key = experiment.keys(setup.seed)["init"]
+  if setup.pretrained:  # a converted published checkpoint replaces the workdir's own
+    if step is not None and step not in available_steps(setup, workdir):
+      return None
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
+                          jax.eval_shape(lambda k: experiment.init_params(setup, k), init_key))
+    return available_steps(setup, workdir)[0], pretrained.load_export(setup.pretrained, target)
   candidates = checkpointing.saved_steps(workdir)
   if not candidates or (step is not None and step not in candidates):
     return None
@@ -215,7 +230,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   wanted = config.sampling.get("checkpoint_step")
   found = latest_ema_params(setup, workdir, step=wanted)
   if found is None and wanted is not None:
-    have = checkpointing.saved_steps(workdir)
+    have = available_steps(setup, workdir)
     raise FileNotFoundError(f"config.sampling.checkpoint_step={wanted}: no checkpoint or EMA export of that step in "
                             f"{workdir} (there are {have or 'none'}); pick one of them or leave it unset for the latest.")
   if found is None:

@@ -340,6 +340,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
     checkpointing.DiskFullError: a save ran out of space (the previous checkpoint is intact).
   """
   setup = experiment.build(config)
+  experiment.check(not setup.pretrained, "config.model.pretrained",
+                   f"is {setup.pretrained!r}, but training starts from fresh weights; it is read by --mode=sample "
+                   "and --mode=eval only (leave it empty to train).")
   tr = config.training
   num_steps = tr.num_steps
   final = _output_paths(workdir, num_steps, setup)

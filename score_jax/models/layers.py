@@ -126,8 +126,10 @@ def timestep_embedding(timesteps: Array, dim: int, *, max_positions: float = 10_
   """
   half = dim // 2
   scale = math.log(max_positions) / max(half - 1, 1)
-  freqs = jnp.exp(-scale * jnp.arange(half, dtype=jnp.float32))  # [dim/2]
-  args = jnp.asarray(timesteps, jnp.float32)[:, None] * freqs[None, :]  # [B, dim/2]
+  timesteps = jnp.asarray(timesteps)
+  dtype = jnp.result_type(timesteps, jnp.float32)  # float32, or float64 for float64 timesteps
+  freqs = jnp.exp(-scale * jnp.arange(half, dtype=dtype))  # [dim/2]
+  args = timesteps.astype(dtype)[:, None] * freqs[None, :]  # [B, dim/2]
   emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))

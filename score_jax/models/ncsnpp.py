@@ -138,7 +138,8 @@ class NCSNpp(nn.Module):
     if self.conditional:
       if cond is None:
         raise ValueError("NCSNpp with conditional=True needs cond (σ for 'fourier', the timestep for 'positional').")
-      cond = jnp.broadcast_to(jnp.asarray(cond, jnp.float32), (batch,))  # [B]
+      cond = jnp.asarray(cond)
+      cond = jnp.broadcast_to(cond.astype(jnp.result_type(cond, jnp.float32)), (batch,))  # [B], float32 or wider
       if self.embedding_type == "fourier":
         emb = layers.GaussianFourierProjection(self.nf, self.fourier_scale, name="fourier_proj")(jnp.log(cond))
       else:

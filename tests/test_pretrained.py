@@ -1,0 +1,326 @@
+"""Published-checkpoint loading (score_jax.pretrained) and score_sde's conventions (score_fn).
+
+The golden fixtures in tests/fixtures/pretrained were written by tools/pretrained_fixtures.py
+with the reference code itself — score_sde's Flax NCSN++ and diffusers' UNet2DModel — from
+float32 weights, their outputs computed in float64.  Here they load through the converter
+(neither torch nor score_sde is needed) and must match to 1e-5 relative; in float64 they
+agree to ~1e-14 (score_sde's positional embedding is float32 inside: ~1e-8).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib
+import json
+import pathlib
+import shutil
+import sys
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import run_main
+from score_jax import experiment
+from score_jax import models
+from score_jax import pretrained
+from score_jax import sample as sample_lib
+from score_jax import score_fn as score_fn_lib
+from score_jax import sde as sde_lib
+from score_jax import train
+from tools import pretrained_fixtures
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "pretrained"
+SCORE_SDE_CASES = ("ve_ncsnpp", "ve_ncsnpp_skip", "vp_ddpmpp", "ddpm_blocks")
+RTOL = 1e-5
+CONFIG = "configs/ve/cifar10_ncsnpp_continuous.py:smoke"
+# The smoke config reshaped into the ve_ncsnpp fixture's network (nf 4, 8×8, attention at 4×4).
+FIXTURE_OVERRIDES = ("--config.data.image_size=8", "--config.model.network.nf=4",
+                     "--config.model.network.attn_resolutions=(4,)")
+
+
+def rel_err(got, want) -> float:
+  return float(np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want)))
+
+
+def f64(tree):
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+def case(name: str) -> tuple[dict, dict, Any]:
+  """(meta.json, reference arrays, the score_jax network) of a score_sde fixture."""
+  meta = json.loads((FIXTURES / name / "meta.json").read_text())
+  ref = dict(np.load(FIXTURES / name / "reference.npz"))
+  return meta, ref, models.get_model("ncsnpp", **meta["network"])
+
+
+
+
+@pytest.mark.parametrize("name", SCORE_SDE_CASES)
+def test_score_sde_checkpoint_matches_score_sde(name):
+  """The converted network under conditioning="score_sde" gives score_sde's own score_fn: that is
+  its network output (VE: out / σ(t), out already divided by σ inside; VP / sub-VP: −out / s(t))
+  fed σ(t) or 999 t and, for uncentered data, 2x − 1."""
+  meta, ref, model = case(name)
+  src = str(FIXTURES / name / "checkpoint_7")
+  ema, info = pretrained.convert(src, model)
+  assert info["step"] == 7 and info["format"] == "score_sde" and info["params"] == "ema"
+  apply = lambda p, x, c: model.apply({"params": p}, x, c)  # noqa: E731  (op by op: the cases share op compiles)
+  with jax.enable_x64(True):
+    for key in (k for k in ref if k.startswith("score_")):
+      sde = sde_lib.get_sde(key[len("score_"):], **meta["sde_params"])
+      score = score_fn_lib.get_score_fn(sde, apply, f64(ema), conditioning="score_sde",
+                                        centered=meta["centered"])(jnp.asarray(ref["x"]), jnp.asarray(ref["t"]))
+      assert score.dtype == jnp.float64
+      assert rel_err(score, ref[key]) < RTOL, key
+
+
+def test_score_sde_raw_params():
+  """--params=raw reads optimizer.target: the raw network output at score_sde's own conditioning."""
+  meta, ref, model = case("ve_ncsnpp")
+  raw, info = pretrained.convert(str(FIXTURES / "ve_ncsnpp" / "checkpoint_7"), model, params="raw")
+  assert info["params"] == "raw"
+  with jax.enable_x64(True):
+    out = model.apply({"params": f64(raw)}, jnp.asarray(2.0 * ref["x"] - 1.0), jnp.asarray(ref["cond"]))
+    out = out / ref["cond"][:, None, None, None]  # score_sde's scale_by_sigma
+  assert rel_err(out, ref["out_raw"]) < RTOL
+  assert rel_err(ref["out_ema"], ref["out_raw"]) > 0.1  # the two parameter sets differ
+
+
+def celebahq_like() -> object:
+  """The score_jax network of the diffusers fixture (google/ncsnpp-celebahq-256's block types)."""
+  return models.get_model("ncsnpp", nf=128, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0,
+                          progressive="output_skip", progressive_input="input_skip", progressive_combine="sum",
+                          image_size=8, num_channels=3)
+
+
+@pytest.fixture(scope="module")
+def diffusers_arrays() -> dict[str, np.ndarray]:
+  manifest = json.loads((FIXTURES / "diffusers" / "manifest.json").read_text())
+  return pretrained_fixtures.deterministic_weights(manifest["arrays"], manifest["seed"])
+
+
+def diffusers_folder(path: pathlib.Path, arrays: dict[str, np.ndarray], config: dict | None = None) -> str:
+  path.mkdir()
+  cfg = json.loads((FIXTURES / "diffusers" / "config.json").read_text()) | (config or {})
+  (path / "config.json").write_text(json.dumps(cfg))
+  save_file(arrays, str(path / "diffusion_pytorch_model.safetensors"))
+  return str(path)
+
+
+def test_diffusers_folder_matches_diffusers(tmp_path, diffusers_arrays):
+  model = celebahq_like()
+  params, info = pretrained.convert(diffusers_folder(tmp_path / "new", diffusers_arrays), model)
+  assert info["format"] == "diffusers"
+  ref = np.load(FIXTURES / "diffusers" / "reference.npz")
+  with jax.enable_x64(True):
+    apply = jax.jit(lambda p, x, c: model.apply({"params": p}, x, c))  # one compile beats op by op at 128 channels
+    out = apply(f64(params), jnp.asarray(ref["x"], jnp.float64), jnp.asarray(ref["sigma"], jnp.float64))
+    out = out / ref["sigma"][:, None, None, None]  # diffusers divides by σ (score_sde's scale_by_sigma)
+  assert rel_err(out, ref["out"]) < RTOL
+  # Files written by older diffusers: query / key / value / proj_attn and a duplicate time_proj.W.
+  legacy = {k.replace(".to_q.", ".query.").replace(".to_k.", ".key.").replace(".to_v.", ".value.")
+            .replace(".to_out.0.", ".proj_attn."): v for k, v in diffusers_arrays.items()}
+  legacy["time_proj.W"] = legacy["time_proj.weight"]
+  old, _ = pretrained.convert(diffusers_folder(tmp_path / "legacy", legacy), model)
+  jax.tree.map(np.testing.assert_array_equal, old, params)
+
+
+def test_torch_bin_reader_rebuilds_tensors(tmp_path):
+  got = pretrained.read_torch_bin(str(FIXTURES / "torch_bin" / "state.bin"))
+  want = np.load(FIXTURES / "torch_bin" / "expected.npz")
+  assert sorted(got) == sorted(want.files)
+  for k in want.files:  # float16, a transposed view, an offset view, a scalar, a Parameter, int64
+    assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+    np.testing.assert_array_equal(got[k], want[k])
+  folder = tmp_path / "bin"
+  folder.mkdir()
+  (folder / "config.json").write_text("{}")
+  shutil.copy(FIXTURES / "torch_bin" / "state.bin", folder / "diffusion_pytorch_model.bin")
+  np.testing.assert_array_equal(pretrained.read_diffusers(str(folder))[1]["half.bias"], want["half.bias"])
+
+
+def test_torch_bin_reader_refuses_other_classes(tmp_path):
+  import pickle, zipfile  # pylint: disable=import-outside-toplevel,multiple-imports
+  path = tmp_path / "evil.bin"
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", pickle.dumps({"a": print}))
+  with pytest.raises(pickle.UnpicklingError, match="refusing builtins.print"):
+    pretrained.read_torch_bin(str(path))
+
+
+def one_line(excinfo) -> str:
+  msg = str(excinfo.value)
+  assert "\n" not in msg
+  return msg
+
+
+def test_mismatches_are_one_line_naming_the_array(tmp_path, diffusers_arrays):
+  src = FIXTURES / "ve_ncsnpp" / "checkpoint_7"
+  meta, _, model = case("ve_ncsnpp")
+  wider = models.get_model("ncsnpp", **(meta["network"] | {"nf": 8}))
+  with pytest.raises(pretrained.PretrainedMismatch) as e:
+    pretrained.convert(str(src), wider)
+  assert "'AttnBlockpp_0/NIN_0/b' has shape (8,)" in one_line(e)
+  assert "AttnBlock_0/Conv_0/bias needs (16,)" in str(e.value)
+  state = flax.serialization.msgpack_restore(src.read_bytes())
+  extra = dict(state, params_ema=dict(state["params_ema"], Dense_7={"kernel": np.ones((2, 2), np.float32)}))
+  (tmp_path / "extra").write_bytes(flax.serialization.msgpack_serialize(extra))
+  with pytest.raises(pretrained.PretrainedMismatch) as e:
+    pretrained.convert(str(tmp_path / "extra"), model)
+  assert "'Dense_7/kernel'" in one_line(e) and "no place" in str(e.value)
+  missing = dict(state, params_ema={k: v for k, v in state["params_ema"].items() if k != "Dense_1"})
+  (tmp_path / "missing").write_bytes(flax.serialization.msgpack_serialize(missing))
+  with pytest.raises(pretrained.PretrainedMismatch) as e:
+    pretrained.convert(str(tmp_path / "missing"), model)
+  assert "'Dense_1/bias'" in one_line(e) and "temb_dense_1/bias" in str(e.value) and "missing" in str(e.value)
+  # A diffusers folder for another network: the config.json key, before any array is read.
+  folder = diffusers_folder(tmp_path / "d", {}, {"layers_per_block": 2})
+  with pytest.raises(pretrained.PretrainedMismatch) as e:
+    pretrained.convert(folder, celebahq_like())
+  assert "layers_per_block=2" in one_line(e)
+  with pytest.raises(pretrained.PretrainedMismatch) as e:
+    pretrained.convert(str(FIXTURES / "diffusers" / "config.json"), model)
+  assert "not a flax msgpack checkpoint" in one_line(e)
+
+
+# ---- score_sde's conventions, against their formulas -------------------------------------------
+
+
+def test_score_sde_conditioning_formulas():
+  """VE: cond σ_min (σ_max/σ_min)^t (not the marginal std), score out/σ(t), input 2x − 1 when uncentered;
+  VP / sub-VP: cond 999 t, score −out/s(t)."""
+  x = jnp.full((2, 3), 0.25)
+  t = jnp.asarray([0.1, 0.7])
+  seen = {}
+
+  def apply(params, x, cond):
+    seen["x"], seen["cond"] = x, cond
+    return jnp.ones_like(x) * params
+
+  ve = sde_lib.get_sde("ve", sigma_min=0.01, sigma_max=50.0)
+  score = score_fn_lib.get_score_fn(ve, apply, 3.0, conditioning="score_sde", centered=False)(x, t)
+  sigma = 0.01 * (50.0 / 0.01) ** np.asarray(t)
+  np.testing.assert_allclose(seen["cond"], sigma, rtol=1e-5)
+  assert not np.allclose(seen["cond"], ve.marginal_std(t), rtol=1e-3)  # the convention differs from score_jax's
+  np.testing.assert_allclose(seen["x"], -0.5)  # 2 · 0.25 − 1
+  np.testing.assert_allclose(score, np.broadcast_to(3.0 / sigma[:, None], (2, 3)), rtol=1e-5)
+  score_fn_lib.get_score_fn(ve, apply, 3.0, conditioning="score_sde", centered=True)(x, t)
+  np.testing.assert_allclose(seen["x"], 0.25)
+  for name in ("vp", "subvp"):
+    sde = sde_lib.get_sde(name, beta_min=0.1, beta_max=20.0)
+    score = score_fn_lib.get_score_fn(sde, apply, 3.0, conditioning="score_sde", centered=True)(x, t)
+    np.testing.assert_allclose(seen["cond"], 999.0 * np.asarray(t), rtol=1e-5)
+    np.testing.assert_allclose(score, np.broadcast_to(-3.0 / np.asarray(sde.marginal_std(t))[:, None], (2, 3)),
+                               rtol=1e-5)
+
+
+# ---- the export, the config field, --mode=sample end to end -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> pathlib.Path:
+  """The ve_ncsnpp fixture converted by the command line, as a user would."""
+  out = tmp_path_factory.mktemp("pt") / "export"
+  proc = run_main.run([sys.executable, "-m", "score_jax.pretrained", f"--src={FIXTURES / 've_ncsnpp' / 'checkpoint_7'}",
+                       f"--config={CONFIG}", *FIXTURE_OVERRIDES, f"--out={out}"], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "--config.model.pretrained=" in proc.stdout
+  return out
+
+
+def smoke_config(**model):
+  from configs.ve import cifar10_ncsnpp_continuous  # pylint: disable=import-outside-toplevel
+  config = cifar10_ncsnpp_continuous.get_config("smoke")
+  config.data.image_size = 8
+  config.model.network.update(nf=4, attn_resolutions=(4,))
+  config.model.update(model)
+  return config
+
+
+def test_export_and_config_validation(export_dir):
+  meta = pretrained.read_meta(str(export_dir))
+  assert meta["step"] == 7 and meta["conditioning"] == "score_sde" and meta["centered"] is False
+  with pytest.raises(FileExistsError):  # never overwritten
+    pretrained.export(str(FIXTURES / "ve_ncsnpp" / "checkpoint_7"), case("ve_ncsnpp")[2], str(export_dir))
+  setup = experiment.build(smoke_config(pretrained=str(export_dir), conditioning="score_sde"))
+  assert setup.pretrained == str(export_dir) and setup.centered is False
+  assert sample_lib.available_steps(setup, "/nonexistent/workdir") == [7]  # what --mode=eval iterates over
+  with pytest.raises(experiment.ConfigError, match=r"^config.model.conditioning: .*conditioning=score_sde"):
+    experiment.build(smoke_config(pretrained=str(export_dir)))
+  config = smoke_config(pretrained=str(export_dir), conditioning="score_sde")
+  config.model.network.nf = 8
+  with pytest.raises(experiment.ConfigError, match=r"^config.model.pretrained: .*array \S+ has shape") as e:
+    experiment.build(config)
+  one_line(e)
+  with pytest.raises(experiment.ConfigError, match=r"^config.model.pretrained: .*--mode=sample and --mode=eval only"):
+    train.train_and_evaluate(smoke_config(pretrained=str(export_dir), conditioning="score_sde"),
+                             str(export_dir.parent / "never_written"))
+  assert not (export_dir.parent / "never_written").exists()
+  with pytest.raises(experiment.ConfigError, match=r"^config.model.pretrained: .*not a converted export"):
+    experiment.build(smoke_config(pretrained=str(FIXTURES / "ve_ncsnpp" / "checkpoint_7"), conditioning="score_sde"))
+
+
+def test_converted_fixture_samples_through_main(export_dir, tmp_path):
+  workdir = tmp_path / "run"
+  proc = run_main.run(run_main.main_command(str(workdir), CONFIG, (*FIXTURE_OVERRIDES,
+                      f"--config.model.pretrained={export_dir}", "--config.model.conditioning=score_sde"),
+                      mode="sample"), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = json.loads((workdir / "samples" / "0" / "metrics.json").read_text())
+  assert metrics["step"] == 7 and metrics["num_samples"] == 8
+  x = np.load(workdir / "samples" / "0" / "samples.npz")
+  images = x[x.files[0]]
+  assert images.shape[1:] == (8, 8, 3) and np.isfinite(images).all()
+
+
+# ---- the full-size published networks: every array has its place ---------------------------------
+
+
+def published(kind: str) -> dict:
+  with gzip.open(FIXTURES / f"{kind}_shapes.json.gz", "rt") as f:
+    return json.load(f)
+
+
+def traced(config_path: str, overrides: dict) -> tuple[Any, dict, dict]:
+  """(network, {path: shape}, resampling kinds) of a score_jax config, traced once per distinct
+  network (sub-VP shares VP's, Church CelebA-HQ's; both formats share a trace)."""
+  fields = pretrained_fixtures.score_jax_network(config_path, overrides)
+  return _trace_fields(tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in fields.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _trace_fields(fields: tuple) -> tuple[Any, dict, dict]:
+  model = models.get_model("ncsnpp", **dict(fields))
+  shapes, resample = pretrained._trace(model)  # pylint: disable=protected-access
+  return model, shapes, resample
+
+
+@pytest.mark.parametrize("name", sorted(published("score_sde")))
+def test_score_sde_published_networks_map_onto_configs(name):
+  """score_sde's own configs (names and shapes by jax.eval_shape of its NCSN++, in the fixture) map
+  one to one onto the score_jax config of the same experiment — 62.8M to 107.6M parameters."""
+  entry = published("score_sde")[name]
+  config_path = entry["score_jax_config"]
+  config = importlib.import_module(config_path[:-3].replace("/", ".")).get_config()
+  assert bool(config.data.centered) == entry["centered"], "config.data.centered differs from score_sde's"
+  _, shapes, resample = traced(config_path, entry["overrides"])
+  pairs = pretrained._score_sde_names(shapes, resample)  # pylint: disable=protected-access
+  pretrained.plan(pairs, {k: tuple(v) for k, v in entry["shapes"].items()}, shapes, name)
+  assert sum(np.prod(s) for s in shapes.values()) == sum(np.prod(s) for s in entry["shapes"].values())
+
+
+@pytest.mark.parametrize("name", sorted(published("diffusers")))
+def test_diffusers_published_networks_map_onto_configs(name):
+  """diffusers' UNet2DModel for the google/ncsnpp-* configs (built on torch's meta device) maps one
+  to one onto the score_jax config."""
+  entry = published("diffusers")[name]
+  model, shapes, _ = traced(entry["score_jax_config"], {})
+  pretrained.check_diffusers_config(entry["config"], model)
+  pairs = pretrained._diffusers_names(model, shapes)  # pylint: disable=protected-access
+  pretrained.plan(pairs, {k: tuple(v) for k, v in entry["shapes"].items()}, shapes, name)
