@@ -210,7 +210,7 @@ class SDE:
 
 def _invert_increasing(fn: Callable[[Array], Array], y: Array, lo: float, hi: float, iters: int = 60) -> Array:
   """Solves fn(t) = y for an increasing ``fn`` on [lo, hi] by bisection (elementwise)."""
-  y = jnp.asarray(y, jnp.float32)
+  y = jnp.asarray(y, float)  # float32, or float64 under jax.enable_x64
   lo_arr = jnp.full_like(y, lo)
   hi_arr = jnp.full_like(y, hi)
 
@@ -253,13 +253,13 @@ class VESDE(SDE):
     return self.sigma_min * jnp.exp(self._log_ratio * t / self.T)
 
   def drift_coeff(self, t):
-    return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+    return jnp.zeros_like(jnp.asarray(t, float))
 
   def diffusion(self, t):
     return self.sigma(t) * math.sqrt(2.0 * self._log_ratio / self.T)
 
   def mean_coeff(self, t):
-    return jnp.ones_like(jnp.asarray(t, jnp.float32))
+    return jnp.ones_like(jnp.asarray(t, float))
 
   def marginal_std(self, t):
     # σ(t)² − σ_min² = σ_min² (e^{2 log(σ_max/σ_min) t/T} − 1), without cancellation.
