@@ -25,9 +25,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.sde = sde = ml_collections.ConfigDict()
   sde.name = "ve"
-  sde.ve = ml_collections.ConfigDict(dict(sigma_min=0.01, sigma_max=50.0))
-  sde.vp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0))
-  sde.subvp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0))
+  # eps: where samplers stop (score_sde's sampling_eps); train_eps: the smallest training time
+  # and the likelihood ODE's start (score_sde's eps).  See score_jax.sde.SDE.
+  sde.ve = ml_collections.ConfigDict(dict(sigma_min=0.01, sigma_max=50.0, eps=1e-5, train_eps=1e-5))
+  sde.vp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0, eps=1e-3, train_eps=1e-5))
+  sde.subvp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0, eps=1e-3, train_eps=1e-5))
 
   # Data: pipeline.get_dataset(kind, name, ...).  kind: embedded | folder | tfds | tfrecords.
   config.data = data = ml_collections.ConfigDict()

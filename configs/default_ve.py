@@ -14,7 +14,7 @@ from configs import common
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = common.base_config()
   config.sde.name = "ve"
-  config.sde.ve = ml_collections.ConfigDict(dict(sigma_min=0.01, sigma_max=50.0))
+  config.sde.ve.update(dict(sigma_min=0.01, sigma_max=50.0))
   config.model.name = "ncsnpp"
   config.model.network = ml_collections.ConfigDict(dict(
       nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,), dropout=0.1,

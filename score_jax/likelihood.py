@@ -7,8 +7,16 @@ The probability-flow ODE dx/dt = f̃(x, t) = f(x, t) − ½ g(t)² ∇log p_t(x)
 
 with p_T replaced by the SDE's prior.  ``log_likelihood`` integrates the augmented state
 [x, Δ] with dΔ/dt = ∇·f̃ from eps to T and returns log p_T(x(T)) + Δ(T).  Note what it is
-the density of: the data convolved with the small noise of time eps (a Gaussian of std
-``sde.marginal_std(eps)``), not the data themselves — the same quantity score_sde reports.
+the density of: the model's marginal at time eps, i.e. the data convolved with the small
+noise of time eps (a Gaussian of std ``sde.marginal_std(eps)``), not the data themselves.
+
+eps defaults to ``sde.train_eps`` = 1e-5 (for VP and sub-VP too, although they sample only
+down to ``sde.eps`` = 1e-3), the time score_sde's ``get_likelihood_fn`` starts from, so with
+the same dequantization and offsets (below) the bits/dim here are the quantity score_sde
+reports, computed from the same ODE with the same fixed-probe Hutchinson estimator.  What
+can still differ: the ODE solver and its error norm (below), and for a VE network the noise
+level its score is parametrized by (score_sde's σ(t), by default here the exact marginal
+std √(σ(t)² − σ_min²) of ``score_jax.sde``; at most σ_min² apart in variance).
 
 How it is solved:
 
@@ -120,8 +128,8 @@ def _config(sde: SDE, score_fn: ScoreFn, x: Array, first_index: Any, *, divergen
   _require(_is_real(rtol) and rtol > 0, f"rtol={rtol!r} must be a number > 0.")
   _require(_is_real(atol) and atol > 0, f"atol={atol!r} must be a number > 0.")
   _require(_is_int(max_steps) and max_steps >= 1, f"max_steps={max_steps!r} must be an integer >= 1.")
-  eps = sde.eps if eps is None else eps
-  _require(_is_real(eps) and 0.0 < eps < sde.T, f"eps={eps!r} must lie in (0, T={sde.T}); None uses sde.eps.")
+  eps = sde.train_eps if eps is None else eps
+  _require(_is_real(eps) and 0.0 < eps < sde.T, f"eps={eps!r} must lie in (0, T={sde.T}); None uses sde.train_eps.")
   _require(_is_int(first_index) and first_index >= 0, f"first_index={first_index!r} must be an integer >= 0.")
   shape = getattr(x, "shape", None)
   _require(shape is not None and len(shape) >= 2 and all(s > 0 for s in shape),
@@ -232,7 +240,8 @@ def log_likelihood(key: jax.Array, sde: SDE, score_fn: ScoreFn, x: Array, *, div
     num_probes: Hutchinson probes per example, averaged; fixed along the trajectory.
     solver: "tsit5" or "dopri5" (adaptive, PID step-size control).
     rtol, atol: the step-size controller's tolerances.
-    eps: the time the ODE starts from; None for ``sde.eps``.
+    eps: the time the ODE starts from; None for ``sde.train_eps`` (score_sde's 1e-5: the
+      smallest time the network was trained on).
     max_steps: most steps per example before the solve fails.
     first_index: the batch's offset in a larger dataset, for the probe keys.
 

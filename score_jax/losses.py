@@ -106,8 +106,8 @@ def _check_time_sampling(time_sampling: str, batch_size: int) -> None:
 
 
 def likelihood_is_normalizer(sde: sde_lib.SDE) -> Array:
-  """Z = ∫_eps^T g(t)²/s(t)² dt, the normaliser of the importance density of t."""
-  return sde.is_potential(jnp.float32(sde.T)) - sde.is_potential(jnp.float32(sde.eps))
+  """Z = ∫ g(t)²/s(t)² dt over [train_eps, T], the normaliser of the importance density of t."""
+  return sde.is_potential(jnp.float32(sde.T)) - sde.is_potential(jnp.float32(sde.train_eps))
 
 
 def sample_times(
@@ -119,16 +119,17 @@ def sample_times(
     importance_sampling: bool = False,
     dtype=jnp.float32,
 ) -> Array:
-  """Training times in [sde.eps, sde.T].
+  """Training times in [sde.train_eps, sde.T] (score_sde's ``eps``, 1e-5, also for VP / sub-VP,
+  which sample only down to ``sde.eps`` = 1e-3).
 
   Args:
     key: PRNG key.
-    sde: the SDE, whose ``eps`` and ``T`` bound the times.
+    sde: the SDE, whose ``train_eps`` and ``T`` bound the times.
     batch_size: number of times B.
     time_sampling: "uniform" (i.i.d.), "stratified" (u_i = (u_0 + i/B) mod 1) or
       "antithetic" (the second half of the batch is 1 − u of the first; B even).
     importance_sampling: draw t with density ∝ g(t)²/s(t)² instead of uniformly, by
-      inverting the exact CDF (is_potential(t) − is_potential(eps))/Z.
+      inverting the exact CDF (is_potential(t) − is_potential(train_eps))/Z.
     dtype: float dtype of the result.
 
   Returns:
@@ -137,11 +138,11 @@ def sample_times(
   _check_time_sampling(time_sampling, batch_size)
   u = _uniforms(key, batch_size, time_sampling, dtype)
   if not importance_sampling:
-    return sde.eps + (sde.T - sde.eps) * u
+    return sde.train_eps + (sde.T - sde.train_eps) * u
   # Importance sampling of t for likelihood weighting (Song et al. 2021b, sec. 5).
-  lo = sde.is_potential(jnp.float32(sde.eps))
+  lo = sde.is_potential(jnp.float32(sde.train_eps))
   target = lo + u * likelihood_is_normalizer(sde)
-  return _invert_increasing(sde.is_potential, target, sde.eps, sde.T).astype(dtype)
+  return _invert_increasing(sde.is_potential, target, sde.train_eps, sde.T).astype(dtype)
 
 
 # --- denoising score matching --------------------------------------------------------------
@@ -223,8 +224,8 @@ def dsm_loss(
     reduce: "mean" or "sum" over the non-batch axes.
     time_sampling: "uniform", "stratified" or "antithetic" (see ``sample_times``).
     importance_sampling: only with weighting="likelihood": draw t ∝ g²/s² and weight
-      every example by Z/(T − eps), Z = ∫_eps^T g²/s² dt, an unbiased estimate of the
-      same loss with less variance.
+      every example by Z/(T − train_eps), Z = ∫ g²/s² dt over [train_eps, T], an unbiased
+      estimate of the same loss with less variance.
     min_snr_gamma: γ of the "min_snr" weighting.
     p2_k: k of the "p2" weighting.
     p2_gamma: γ of the "p2" weighting.
@@ -242,7 +243,7 @@ def dsm_loss(
   t = sample_times(k_t, sde, x.shape[0], time_sampling=time_sampling, importance_sampling=importance_sampling, dtype=x.dtype)
   z = jax.random.normal(k_z, x.shape, x.dtype)
   if importance_sampling:
-    w = likelihood_is_normalizer(sde) / (sde.T - sde.eps)
+    w = likelihood_is_normalizer(sde) / (sde.T - sde.train_eps)
   else:
     w = dsm_weight(sde, t, weighting=weighting, min_snr_gamma=min_snr_gamma, p2_k=p2_k, p2_gamma=p2_gamma)
   return jnp.mean(w * _noise_errors(sde, score_fn, x, t, z, reduce))

@@ -55,20 +55,41 @@ class ReverseSDE(NamedTuple):
 
 class SDE:
   """Shared behaviour of the linear SDEs.  Subclasses are frozen dataclasses with fields
-  ``T`` (time horizon) and ``eps`` (smallest time used for training and sampling) and
-  implement the coefficient functions below."""
+  ``T`` (time horizon), ``eps`` and ``train_eps``, and implement the coefficient functions
+  below.
+
+  Two smallest times, as in score_sde's code (the ``eps=1e-5`` default of its
+  ``get_sde_loss_fn`` and ``get_likelihood_fn``, and ``sampling_eps`` in its run_lib.py):
+
+  * ``train_eps``: the training losses draw t from [train_eps, T] and the likelihood ODE
+    starts at train_eps (score_sde's ``eps``, 1e-5 for every SDE), so bits/dim are measured
+    at the smallest time the network was trained on, comparably with the paper's;
+  * ``eps``: the time every sampler stops at and denoises from (score_sde's
+    ``sampling_eps``: 1e-5 for VE, 1e-3 for VP and sub-VP, whose scores blow up like
+    1/s(t) with s(1e-5)² ≈ 1e-6).
+
+  ``train_eps ≤ eps`` is required: a sampler never queries the network below the times
+  it was trained on."""
 
   T: float
   eps: float
+  train_eps: float
   name: str = "sde"
 
   def _check_times(self) -> None:
     cls = type(self).__name__
+    defaults = type(self).__dataclass_fields__
     _require(self.T > 0, f"{cls}.T must be > 0, got {self.T}.")
+    for field in ("eps", "train_eps"):
+      value = getattr(self, field)
+      _require(
+          0.0 < value < self.T,
+          f"{cls}.{field} must lie in (0, T={self.T}), got {value}; the usual value is {defaults[field].default}.",
+      )
     _require(
-        0.0 < self.eps < self.T,
-        f"{cls}.eps must lie in (0, T={self.T}), got {self.eps}; the usual value is "
-        f"{type(self).__dataclass_fields__['eps'].default}.",
+        self.train_eps <= self.eps,
+        f"{cls}.train_eps ({self.train_eps}) must not exceed eps ({self.eps}): samplers stop at eps and would "
+        "query the network below the times it was trained on; lower eps or raise train_eps.",
     )
 
   # --- coefficients (subclasses) -------------------------------------------------------
@@ -189,7 +210,7 @@ class SDE:
 
 def _invert_increasing(fn: Callable[[Array], Array], y: Array, lo: float, hi: float, iters: int = 60) -> Array:
   """Solves fn(t) = y for an increasing ``fn`` on [lo, hi] by bisection (elementwise)."""
-  y = jnp.asarray(y, jnp.float32)
+  y = jnp.asarray(y, float)  # float32, or float64 under jax.enable_x64
   lo_arr = jnp.full_like(y, lo)
   hi_arr = jnp.full_like(y, hi)
 
@@ -211,6 +232,7 @@ class VESDE(SDE):
   sigma_max: float = 50.0
   T: float = 1.0
   eps: float = 1e-5
+  train_eps: float = 1e-5
   name: str = dataclasses.field(default="ve", init=False)
 
   def __post_init__(self):
@@ -231,13 +253,13 @@ class VESDE(SDE):
     return self.sigma_min * jnp.exp(self._log_ratio * t / self.T)
 
   def drift_coeff(self, t):
-    return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+    return jnp.zeros_like(jnp.asarray(t, float))
 
   def diffusion(self, t):
     return self.sigma(t) * math.sqrt(2.0 * self._log_ratio / self.T)
 
   def mean_coeff(self, t):
-    return jnp.ones_like(jnp.asarray(t, jnp.float32))
+    return jnp.ones_like(jnp.asarray(t, float))
 
   def marginal_std(self, t):
     # σ(t)² − σ_min² = σ_min² (e^{2 log(σ_max/σ_min) t/T} − 1), without cancellation.
@@ -319,6 +341,7 @@ class VPSDE(_BetaSDE):
   schedule: Optional[sched_lib.BetaSchedule] = None
   T: float = 1.0
   eps: float = 1e-3
+  train_eps: float = 1e-5
   name: str = dataclasses.field(default="vp", init=False)
 
   def __post_init__(self):
@@ -349,6 +372,7 @@ class SubVPSDE(_BetaSDE):
   schedule: Optional[sched_lib.BetaSchedule] = None
   T: float = 1.0
   eps: float = 1e-3
+  train_eps: float = 1e-5
   name: str = dataclasses.field(default="subvp", init=False)
 
   def __post_init__(self):

@@ -97,3 +97,40 @@ def test_embedded_configs_build_at_full_size(path):
   _, config = load(path)
   setup = experiment.build(config)
   assert setup.data_shape == ((8, 8, 1) if "digits" in path else (32, 32, 3))
+
+
+# --- values checked against score_sde's configs ------------------------------------------------
+def test_celebahq_256_langevin_snr_is_score_sde_256px_value():
+  """score_sde's celebahq_256 config builds on default_lsun_configs (snr 0.075); 0.17 is its 64-px CelebA value."""
+  _, config = load("configs/ve/celebahq_256.py")
+  assert config.sampling.pc.snr == 0.075
+
+
+def test_ffhq_1024_loss_is_averaged_over_pixels():
+  """score_sde's ffhq_ncsnpp_continuous sets reduce_mean=True.  With a zero score and σ²
+  weighting the loss is E‖z‖² reduced over the D = 16·16·3 values of a smoke image:
+  ≈ 1 when averaged, ≈ 768 when summed."""
+  from score_jax import losses, sde as sde_lib
+  _, config = load("configs/ve/ffhq_1024.py")
+  assert config.training.loss == "dsm" and config.training.loss_options.reduce == "mean"
+  x = jnp.zeros((64, 16, 16, 3))
+  loss = losses.dsm_loss(jax.random.PRNGKey(0), sde_lib.VESDE(sigma_max=1348.0), lambda y, t: jnp.zeros_like(y), x,
+                         **config.training.loss_options.to_dict())
+  assert float(loss) == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize("path,eps,train_eps", [("configs/default_ve.py", 1e-5, 1e-5),
+                                                ("configs/default_vp.py", 1e-3, 1e-5),
+                                                ("configs/default_subvp.py", 1e-3, 1e-5)])
+def test_sde_smallest_times_reach_the_built_sde(path, eps, train_eps):
+  """Sampling stops at eps (score_sde's sampling_eps); losses and bits/dim start at train_eps (its eps)."""
+  _, config = load(path, "smoke")
+  sde = experiment.build(config).sde
+  assert (sde.eps, sde.train_eps) == (eps, train_eps)
+
+
+def test_sde_smallest_times_can_be_overridden():
+  _, config = load("configs/vp/digits.py", "smoke")
+  config.sde.vp.update(dict(eps=1e-2, train_eps=1e-4))
+  sde = experiment.build(config).sde
+  assert (sde.eps, sde.train_eps) == (1e-2, 1e-4)

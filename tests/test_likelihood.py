@@ -42,7 +42,7 @@ def gaussian_flow(target: toy.Gaussian, sde, x, t_from, t_to):
 
 def model_logp(target, sde, x, z):
   """log p_eps(x) + log π(z) − log p_T(z): the exact density of the ODE model with prior π."""
-  return target.log_prob_t(x, sde.eps, sde) + sde.prior_logp(z) - target.log_prob_t(z, sde.T, sde)
+  return target.log_prob_t(x, sde.train_eps, sde) + sde.prior_logp(z) - target.log_prob_t(z, sde.T, sde)
 
 
 # --- 1. Gaussians under their exact score --------------------------------------------------------
@@ -57,12 +57,12 @@ def test_gaussian_bits_per_dim_matches_closed_form(sde_name, target):
   logp, z, nfe = likelihood.log_likelihood(jax.random.PRNGKey(1), sde, score, x, divergence="exact")
   assert 20 < int(nfe) < 2000
   # x(T) is the closed-form flow map of x, and logp the exact model density, per point.
-  z_exact = gaussian_flow(target, sde, x, sde.eps, sde.T)
+  z_exact = gaussian_flow(target, sde, x, sde.train_eps, sde.T)
   np.testing.assert_allclose(z, z_exact, rtol=1e-3, atol=1e-3 * sde.prior_std)
   np.testing.assert_array_less(np.abs(to_bits(logp - model_logp(target, sde, x, z_exact), d)), POINT_TOL)
   # The issue's bar: the dataset's bits/dim against the closed form of log p_eps.
   bpd, _ = likelihood.bits_per_dim(jax.random.PRNGKey(1), sde, score, x, divergence="exact")  # same compiled solve
-  closed = -to_bits(target.log_prob_t(x, sde.eps, sde), d)
+  closed = -to_bits(target.log_prob_t(x, sde.train_eps, sde), d)
   assert abs(float(np.mean(bpd)) - float(np.mean(closed))) < BAR
   np.testing.assert_allclose(bpd, -to_bits(logp, d), rtol=1e-6)
 
@@ -101,7 +101,7 @@ def test_mixture_nll_matches_closed_form(sde_name):
   x = MIXTURE.sample(jax.random.PRNGKey(5), 64)
   logp, z, _ = likelihood.log_likelihood(jax.random.PRNGKey(0), sde, MIXTURE.score_fn(sde), x, divergence="exact")
   np.testing.assert_array_less(np.abs(to_bits(logp - model_logp(MIXTURE, sde, x, z), 2)), POINT_TOL)
-  closed = -to_bits(MIXTURE.log_prob_t(x, sde.eps, sde), 2)
+  closed = -to_bits(MIXTURE.log_prob_t(x, sde.train_eps, sde), 2)
   assert abs(-float(np.mean(to_bits(logp, 2))) - float(np.mean(closed))) < BAR
 
 
@@ -149,7 +149,7 @@ def test_uniform_integers_have_log2_levels_bits_per_dim(levels, data_range):
   # Per point, against the exact model density (with (0, 1) the cube's centre is off the
   # prior's, and the prior term alone is up to 0.016 bits/dim).
   _, z, _ = likelihood.log_likelihood(jax.random.PRNGKey(8), sde, score, x, divergence="exact")
-  model = box_log_prob_t(x, sde.eps, sde, lo, hi) + sde.prior_logp(z) - box_log_prob_t(z, sde.T, sde, lo, hi)
+  model = box_log_prob_t(x, sde.train_eps, sde, lo, hi) + sde.prior_logp(z) - box_log_prob_t(z, sde.T, sde, lo, hi)
   np.testing.assert_allclose(bpd, -to_bits(model, 4) + likelihood.bpd_offset(levels, data_range), atol=POINT_TOL)
 
 
@@ -234,3 +234,14 @@ def test_bad_inputs_rejected():
     likelihood.dequantize(jax.random.PRNGKey(0), np.full((2, 3), 17, np.uint8), levels=17)
   with pytest.raises(ValueError, match="images"):
     likelihood.dequantize(jax.random.PRNGKey(0), np.zeros((2, 3), np.float32), levels=17)
+
+
+def test_default_start_is_the_training_eps_not_the_sampling_eps():
+  """score_sde integrates the likelihood ODE from its loss eps, 1e-5, also for VP, which samples
+  only down to 1e-3: the resolved start of a default solve is sde.train_eps."""
+  x = jnp.zeros((2, 3))
+  for sde in DEFAULT_SDES.values():
+    opts = dict(divergence="exact", probe="rademacher", num_probes=1, solver="tsit5", rtol=1e-5, atol=1e-5,
+                max_steps=10)
+    assert likelihood._config(sde, lambda y, t: y, x, 0, eps=None, **opts).eps == sde.train_eps == 1e-5
+    assert likelihood._config(sde, lambda y, t: y, x, 0, eps=0.3, **opts).eps == 0.3

@@ -87,9 +87,9 @@ def test_dsm_excess_is_weighted_score_error(weighting):
 
 # --- importance sampling of t for the likelihood weighting ----------------------------------
 def test_importance_sampling_is_unbiased_for_likelihood_weighting():
-  # eps = 0.2 so that T − eps = 0.8: a normaliser of Z instead of Z/(T − eps) would be
-  # caught (the check below asserts that the test has the power to see it).
-  sde = sde_lib.VPSDE(eps=0.2)
+  # train_eps = 0.2 so that T − train_eps = 0.8: a normaliser of Z instead of
+  # Z/(T − train_eps) would be caught (the check below asserts that the test has the power to see it).
+  sde = sde_lib.VPSDE(eps=0.2, train_eps=0.2)
   x = TARGET.sample(jax.random.PRNGKey(4), 256)
   exact = TARGET.score_fn(sde)
   score_fn = lambda y, t: 1.1 * exact(y, t) + 0.1  # noqa: E731
@@ -105,7 +105,7 @@ def test_importance_sampling_is_unbiased_for_likelihood_weighting():
   se = math.sqrt(float(jnp.var(plain) + jnp.var(weighted)) / plain.shape[0])
   diff = float(jnp.mean(weighted) - jnp.mean(plain))
   assert abs(diff) < 4 * se, (diff, se)
-  assert (1 - (sde.T - sde.eps)) * float(jnp.mean(plain)) > 8 * se
+  assert (1 - (sde.T - sde.train_eps)) * float(jnp.mean(plain)) > 8 * se
 
 
 # --- 3. ISM and SSM equal ½ ESM up to a constant on a Gaussian -------------------------------
@@ -223,6 +223,25 @@ def test_dsm_weightings_match_hand_computation(name, reduce, weighting):
   np.testing.assert_allclose(loss, np.mean(lam * err), rtol=2e-4)
 
 
+@pytest.mark.parametrize("name", ["vp", "subvp"])
+def test_vp_training_times_reach_below_the_sampling_eps(name):
+  """score_sde trains VP / sub-VP from t = 1e-5 (its loss ``eps``), not from the 1e-3 its
+  samplers stop at: the times dsm_loss evaluates the network at go below 1e-3."""
+  sde = SDES[name]
+  seen = []
+
+  def score_fn(y, t):
+    seen.append(np.asarray(t))
+    return -y
+
+  x = jnp.zeros((4096, 2))
+  losses.dsm_loss(jax.random.PRNGKey(12), sde, score_fn, x, time_sampling="stratified")
+  t = np.concatenate(seen)
+  assert t.min() >= sde.train_eps * (1 - 1e-6)
+  # Stratified over [1e-5, 1]: about 4 of 4096 times below 1e-3, the lowest under 2.5e-4 + 1e-5.
+  assert 1 <= np.sum(t < sde.eps) <= 6 and t.min() < 2.6e-4
+
+
 @pytest.mark.parametrize("name", ["ve", "vp"])
 def test_importance_sampled_loss_matches_hand_computation(name):
   sde = SDES[name]
@@ -233,14 +252,14 @@ def test_importance_sampled_loss_matches_hand_computation(name):
   t, z = (np.asarray(a, np.float64) for a in _draw(key, sde, x, importance_sampling=True))
   m, s, _ = _numpy_coeffs(name, t)
   potential = lambda u: _numpy_potential(name, u)  # noqa: E731
-  norm = potential(sde.T) - potential(sde.eps)
+  norm = potential(sde.T) - potential(sde.train_eps)
   score = -0.5 * (m[:, None] * np.asarray(x) + s[:, None] * z)
-  expected = norm / (sde.T - sde.eps) * np.mean(np.sum((s[:, None] * score + z) ** 2, axis=-1))
+  expected = norm / (sde.T - sde.train_eps) * np.mean(np.sum((s[:, None] * score + z) ** 2, axis=-1))
   np.testing.assert_allclose(loss, expected, rtol=2e-4)
   # The times invert the CDF: (Φ(t) − Φ(eps))/Z is the uniform the plain sampler would map.
   plain, _ = _draw(key, sde, x)
-  u = (np.asarray(plain, np.float64) - sde.eps) / (sde.T - sde.eps)
-  np.testing.assert_allclose((potential(t) - potential(sde.eps)) / norm, u, atol=1e-4)
+  u = (np.asarray(plain, np.float64) - sde.train_eps) / (sde.T - sde.train_eps)
+  np.testing.assert_allclose((potential(t) - potential(sde.train_eps)) / norm, u, atol=1e-4)
 
 
 @pytest.mark.parametrize("importance_sampling", [False, True])
@@ -252,12 +271,12 @@ def test_time_sampling_structure(importance_sampling):
       for ts in losses.TIME_SAMPLINGS
   }
   for t in times.values():
-    assert t.shape == (b,) and np.all(t >= sde.eps) and np.all(t <= sde.T)
+    assert t.shape == (b,) and np.all(t >= sde.train_eps) and np.all(t <= sde.T)
   if importance_sampling:
     cdf = lambda u: _numpy_potential("vp", u)  # noqa: E731
-    to_unit = lambda t: (cdf(t) - cdf(sde.eps)) / (cdf(sde.T) - cdf(sde.eps))  # noqa: E731
+    to_unit = lambda t: (cdf(t) - cdf(sde.train_eps)) / (cdf(sde.T) - cdf(sde.train_eps))  # noqa: E731
   else:
-    to_unit = lambda t: (t - sde.eps) / (sde.T - sde.eps)  # noqa: E731
+    to_unit = lambda t: (t - sde.train_eps) / (sde.T - sde.train_eps)  # noqa: E731
   u = {ts: to_unit(t) for ts, t in times.items()}
   # Stratified: one point in each of the B strata [i/B, (i+1)/B), evenly spaced.
   np.testing.assert_allclose(np.diff(np.sort(u["stratified"])), 1.0 / b, atol=1e-4)

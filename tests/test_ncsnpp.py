@@ -272,3 +272,32 @@ def test_unet_shapes_32():
   params = _random_params(model, x, t)
   out = _compile(model.apply, params, x, t)(params, x, t)
   assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+
+
+def _kernel_scale(kernel) -> float:
+  """The variance-scaling scale a kernel [..., C_in, C_out] was drawn with: Var·fan_avg."""
+  k = np.asarray(kernel)
+  receptive = int(np.prod(k.shape[:-2]))
+  fan_avg = 0.5 * receptive * (k.shape[-2] + k.shape[-1])
+  return float(np.var(k) * fan_avg)
+
+
+def test_one_by_one_layers_start_at_score_sde_nin_scale():
+  """score_sde builds attention's q, k, v and the DDPM block's channel-changing shortcut as NIN
+  with default_init(0.1); its BigGAN shortcut and Combine are conv1x1 with scale 1 and the
+  attention output uses init_scale.  64 → 128 channels: 8192 draws pin each scale to ~3 %."""
+  from score_jax.models import layers
+  x = jnp.ones((1, 2, 2, 64))
+  init = lambda block, seed: _compile(block.init, jax.random.PRNGKey(seed), x)(jax.random.PRNGKey(seed), x)["params"]
+  attn = init(layers.AttnBlock(init_scale=0.0), 0)
+  for name in ("Conv_0", "Conv_1", "Conv_2"):  # q, k, v in creation order
+    assert _kernel_scale(attn[name]["kernel"]) == pytest.approx(layers.NIN_INIT_SCALE, rel=0.1), name
+  assert layers.NIN_INIT_SCALE == 0.1
+  assert np.abs(attn["Conv_3"]["kernel"]).max() < 1e-4  # output projection: init_scale 0 -> 1e-10
+  ddpm = init(layers.ResnetBlockDDPM(out_ch=128), 1)
+  shortcut = ddpm["Conv_2"]["kernel"]  # conv3x3, conv3x3, then the 1×1 shortcut
+  assert shortcut.shape == (1, 1, 64, 128)
+  assert _kernel_scale(shortcut) == pytest.approx(0.1, rel=0.1)
+  biggan = init(layers.ResnetBlockBigGAN(out_ch=128), 2)
+  assert biggan["Conv_2"]["kernel"].shape == (1, 1, 64, 128)
+  assert _kernel_scale(biggan["Conv_2"]["kernel"]) == pytest.approx(1.0, rel=0.1)

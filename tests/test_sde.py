@@ -486,12 +486,30 @@ def test_get_sde():
         (functools.partial(cls, eps=eps), "eps")
         for cls in (sde_lib.VESDE, sde_lib.VPSDE, sde_lib.SubVPSDE)
         for eps in (0.0, -1e-3, 1.0, 2.0)
+    ]
+    + [
+        (functools.partial(cls, train_eps=eps), "train_eps")
+        for cls in (sde_lib.VESDE, sde_lib.VPSDE, sde_lib.SubVPSDE)
+        for eps in (0.0, -1e-5, 1.0)
+    ]
+    + [
+        (lambda: sde_lib.VPSDE(eps=1e-3, train_eps=1e-2), "train_eps .* must not exceed eps"),
+        (lambda: sde_lib.VESDE(eps=1e-6), "train_eps .* must not exceed eps"),
     ],
 )
 def test_invalid_input_raises_value_error(build, field):
   """Each bad input raises ValueError naming the field, at construction (nothing compiles)."""
   with pytest.raises(ValueError, match=field):
     build()
+
+
+def test_training_and_sampling_smallest_times_are_score_sde_values():
+  """score_sde trains and computes likelihoods from t = 1e-5 for every SDE (its ``eps``) but
+  samples VP / sub-VP only down to 1e-3 (``sampling_eps``); VE samples down to 1e-5."""
+  assert (sde_lib.VESDE().train_eps, sde_lib.VESDE().eps) == (1e-5, 1e-5)
+  for cls in (sde_lib.VPSDE, sde_lib.SubVPSDE):
+    assert (cls().train_eps, cls().eps) == (1e-5, 1e-3)
+  assert sde_lib.get_sde("vp", eps=1e-2, train_eps=1e-4) == sde_lib.VPSDE(eps=1e-2, train_eps=1e-4)
 
 
 def test_sdes_hashable_jit_static_and_vmap():

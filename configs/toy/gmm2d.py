@@ -27,9 +27,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # stay here so that --config.sde.name=ve just works.
   config.sde = sde = ml_collections.ConfigDict()
   sde.name = "vp"
-  sde.vp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0))
-  sde.subvp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0))
-  sde.ve = ml_collections.ConfigDict(dict(sigma_min=0.01, sigma_max=10.0))  # σ_max ≈ the ring's diameter
+  # eps: where samplers stop; train_eps: smallest training time and likelihood start (sde.SDE).
+  sde.vp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0, eps=1e-3, train_eps=1e-5))
+  sde.subvp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0, eps=1e-3, train_eps=1e-5))
+  # σ_max ≈ the ring's diameter
+  sde.ve = ml_collections.ConfigDict(dict(sigma_min=0.01, sigma_max=10.0, eps=1e-5, train_eps=1e-5))
 
   # Data: a score_jax.data.toy target (exact samples drawn inside the train step).
   config.data = data = ml_collections.ConfigDict()

@@ -1,17 +1,23 @@
-"""VE SDE, NCSN++ at 512×512 on AFHQ (cats, dogs, wild animals), as trained in Traoré's report.
-(The report: A. Traoré, "From Noise to Images: Implementing Score-Based Generative Models using
-Stochastic Differential Equation", ENSTA Paris research project, 2025; §3.3, Table 3.1.)
+"""VE SDE, NCSN++ at 512×512 on AFHQ (cats, dogs, wild animals), as trained in the report
+"From Noise to Images: Implementing Score-Based Generative Models using Stochastic
+Differential Equation" (Traoré 2025).
 
     python main.py --config=configs/ve/afhq_512.py --workdir=runs/afhq --mode=train \
         --config.data.path=/data/afhq        # the folder holding train/{cat,dog,wild}
     python main.py --config=configs/ve/afhq_512.py --workdir=runs/afhq --mode=sample
 
-σ_min 0.01, σ_max 375 (the report's largest pairwise distance of AFHQ images), N = 2000
-reverse-diffusion steps with one Langevin corrector step at snr 0.16, batch 32, EMA 0.9999,
-NCSN++ with BigGAN blocks, FIR resampling, skip rescaling, output-skip / input-skip / sum
-progressive growing and Fourier features of scale 16.  The network (nf 16, channels
-×(1, 2, 4, 8, 16, 32, 32)) has 105.7M parameters (``tests/test_configs.py`` counts them
-with ``jax.eval_shape``).  Variant ``smoke`` keeps these options on 16×16 embedded shapes.
+From the report: σ_min 0.01, σ_max 375 (its largest pairwise distance of AFHQ images), N =
+2000 steps, batch 32, 520k of 750k planned iterations (section 3.3, Table 3.1); ε = 1e-5
+(section 3.3); NCSN++ continuous with EMA 0.9999 (section 3.2); reverse-diffusion predictor
+with one Langevin corrector step at snr 0.16 and noise removal (section 3.4).
+
+Not in the report, extrapolated from score_sde's FFHQ-1024 config (ffhq_ncsnpp_continuous.py)
+one level down: nf 16, channels ×(1, 2, 4, 8, 16, 32, 32) (FFHQ's list without its last 32,
+for 512 px), attention at 16×16, dropout 0, BigGAN blocks, FIR resampling, skip rescaling,
+output-skip / input-skip / sum progressive growing, Fourier features of scale 16; two res
+blocks per level as score_sde's 256-px configs (FFHQ-1024 has one), and the loss summed over
+pixels as their default_lsun_configs.py (reduce_mean=False; FFHQ-1024 averages instead).  The network has 105.7M parameters (``tests/test_configs.py`` counts them with
+``jax.eval_shape``).  Variant ``smoke`` keeps these options on 16×16 embedded shapes.
 """
 
 import ml_collections
@@ -22,7 +28,7 @@ from configs import default_ve
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default_ve.get_config()
-  config.sde.ve = ml_collections.ConfigDict(dict(sigma_min=0.01, sigma_max=375.0))
+  config.sde.ve.update(dict(sigma_min=0.01, sigma_max=375.0))
 
   data = config.data
   data.kind, data.name, data.path = "folder", "afhq", ""

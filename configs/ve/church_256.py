@@ -3,8 +3,9 @@
     python main.py --config=configs/ve/church_256.py --workdir=runs/church --mode=train \
         --config.data.path=$TFDS_DATA_DIR     # prepared: tfds build lsun/church_outdoor ...
 
-σ_max 380, N = 2000, batch 64 (Traoré, "From Noise to Images", Table 3.1); NCSN++ with nf 128 and channels
-×(1, 1, 2, 2, 2, 2, 2), two res blocks per level, output-skip / input-skip progressive growing.
+σ_max 380, N = 2000, batch 64 (Table 3.1 of the report "From Noise to Images", Traoré 2025);
+NCSN++ with nf 128 and channels ×(1, 1, 2, 2, 2, 2, 2), two res blocks per level,
+output-skip / input-skip progressive growing.
 """
 
 import ml_collections
@@ -15,7 +16,7 @@ from configs import default_ve
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default_ve.get_config()
-  config.sde.ve = ml_collections.ConfigDict(dict(sigma_min=0.01, sigma_max=380.0))
+  config.sde.ve.update(dict(sigma_min=0.01, sigma_max=380.0))
   data = config.data
   data.kind, data.name, data.path = "tfds", "lsun/church_outdoor", ""
   data.image_size = 256

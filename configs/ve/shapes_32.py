@@ -17,7 +17,7 @@ from configs import default_ve
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default_ve.get_config()
-  config.sde.ve = ml_collections.ConfigDict(dict(sigma_min=0.01, sigma_max=50.0))
+  config.sde.ve.update(dict(sigma_min=0.01, sigma_max=50.0))
   data = config.data
   data.kind, data.name, data.path = "embedded", "shapes", ""
   data.image_size = 32

@@ -3,7 +3,11 @@
 All blocks use the swish (SiLU) nonlinearity and GroupNorm with min(C / 4, 32) groups, as
 score_sde does; every convolution and dense layer is initialized with ``default_init``
 (DDPM's variance scaling), the last layer of a residual branch with ``init_scale``
-(0 ⇒ 1e-10, so that every block starts close to the identity).
+(0 ⇒ 1e-10, so that every block starts close to the identity), and the 1×1 layers that
+score_sde builds as ``NIN`` (attention's q, k, v projections and the DDPM block's 1×1
+shortcut) with ``NIN_INIT_SCALE`` = 0.1, NIN's default there.  The BigGAN block's shortcut
+and ``Combine`` are 1×1 convolutions in score_sde too (``conv1x1``, scale 1), and the
+attention output is a NIN with ``init_scale``; they keep those scales.
 
 Blocks that take a conditioning embedding ``temb [B, E]`` add a per-channel bias
 Dense(SiLU(temb)) after their first convolution; ``temb=None`` skips it (an
@@ -102,6 +106,10 @@ def conv3x3(features: int, *, init_scale: float = 1.0, stride: int = 1, use_bias
   """3×3 'SAME' convolution with DDPM initialization (bias zero)."""
   return nn.Conv(features, (3, 3), strides=(stride, stride), padding="SAME", use_bias=use_bias,
                  kernel_init=default_init(init_scale))
+
+
+# Scale of score_sde's NIN (its default_init(0.1)): a 1×1 layer written as a dense map.
+NIN_INIT_SCALE = 0.1
 
 
 def conv1x1(features: int, *, init_scale: float = 1.0, use_bias: bool = True) -> nn.Conv:
@@ -311,7 +319,7 @@ class ResnetBlockDDPM(nn.Module):
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(out_ch, init_scale=self.init_scale)(h)  # [B, H, W, out_ch]
     if x.shape[-1] != out_ch:
-      x = conv3x3(out_ch)(x) if self.conv_shortcut else conv1x1(out_ch)(x)
+      x = conv3x3(out_ch)(x) if self.conv_shortcut else conv1x1(out_ch, init_scale=NIN_INIT_SCALE)(x)
     return residual_sum(x, h, self.skip_rescale)
 
 
@@ -382,9 +390,9 @@ class AttnBlock(nn.Module):
     """Args: x [B, H, W, C].  Returns [B, H, W, C]."""
     batch, height, width, channels = x.shape
     h = group_norm(channels)(x)
-    q = conv1x1(channels)(h).reshape(batch, height * width, channels)  # [B, N, C]
-    k = conv1x1(channels)(h).reshape(batch, height * width, channels)
-    v = conv1x1(channels)(h).reshape(batch, height * width, channels)
+    q = conv1x1(channels, init_scale=NIN_INIT_SCALE)(h).reshape(batch, height * width, channels)  # [B, N, C]
+    k = conv1x1(channels, init_scale=NIN_INIT_SCALE)(h).reshape(batch, height * width, channels)
+    v = conv1x1(channels, init_scale=NIN_INIT_SCALE)(h).reshape(batch, height * width, channels)
     logits = jnp.einsum("bnc,bmc->bnm", q, k) / math.sqrt(channels)  # [B, N, N]
     h = jnp.einsum("bnm,bmc->bnc", nn.softmax(logits, axis=-1), v).reshape(x.shape)
     h = conv1x1(channels, init_scale=self.init_scale)(h)

@@ -41,5 +41,5 @@ def time_grid(T: float, eps: float, num_steps: int) -> Array:
 
 
 def full_t(t: Array, n: int) -> Array:
-  """A scalar time broadcast to the batch: [n]."""
-  return jnp.full((n,), t, dtype=jnp.float32)
+  """A scalar time broadcast to the batch: [n] (float32, or float64 under jax.enable_x64)."""
+  return jnp.full((n,), t, dtype=float)

@@ -71,8 +71,8 @@ def time_grid(sde: SDE, num_steps: int, skip_type: str) -> Array:
   """
   T, eps = sde.T, sde.eps
   if skip_type == "logSNR":
-    lam_T = half_log_snr(sde, jnp.asarray(T, jnp.float32))
-    lam_eps = half_log_snr(sde, jnp.asarray(eps, jnp.float32))
+    lam_T = half_log_snr(sde, jnp.asarray(T, float))
+    lam_eps = half_log_snr(sde, jnp.asarray(eps, float))
     lams = jnp.linspace(lam_T, lam_eps, num_steps + 1)
     ts = sde.time_from_log_snr(2.0 * lams)
   elif skip_type == "time_uniform":
@@ -81,7 +81,7 @@ def time_grid(sde: SDE, num_steps: int, skip_type: str) -> Array:
     ts = jnp.square(jnp.linspace(np.sqrt(T), np.sqrt(eps), num_steps + 1))
   else:
     raise ValueError(f"sampling option skip_type={skip_type!r} is unknown; choose one of {list(SKIP_TYPES)}.")
-  return ts.at[0].set(T).at[-1].set(eps).astype(jnp.float32)
+  return ts.at[0].set(T).at[-1].set(eps).astype(float)  # float32 (float64 under x64)
 
 
 def data_prediction(sde: SDE, score_fn: ScoreFn, x: Array, t: Array) -> Array:
@@ -257,7 +257,7 @@ def dpm_solver_solve(sde: SDE, score_fn: ScoreFn, x: Array, *, order: int, varia
   ts = time_grid(sde, len(orders), skip_type)  # [K + 1]
 
   if variant == "multistep":
-    zeros_t = jnp.zeros((n,), jnp.float32)
+    zeros_t = jnp.zeros((n,), float)
     carry = (x, jnp.zeros_like(x), jnp.zeros_like(x), zeros_t, zeros_t)  # x, m1, m2, λ1, λ2
     for o, start, length in _runs(orders):
 
