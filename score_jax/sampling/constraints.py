@@ -143,6 +143,13 @@ class Replacement:
     mask = jnp.asarray(self.mask, x.dtype)
     return self.couple(mask * self.known_marginal(sde, t, z) + (1.0 - mask) * u)
 
+  def project_noise_level(self, y: Array, sigma: Array, z: Array) -> Array:
+    """The same in EDM's variables y = x/m(t) at noise level σ = s(t)/m(t) [B]: known ← y_Ω + σ z."""
+    u = self.decouple(y)
+    mask = jnp.asarray(self.mask, y.dtype)
+    known = self.decouple(jnp.asarray(self.values, y.dtype)) + bcast(sigma, z) * z
+    return self.couple(mask * known + (1.0 - mask) * u)
+
   def finalize(self, x: Array) -> Array:
     """x with its known coordinates set to y exactly (the output at t = 0)."""
     u = self.decouple(x)
@@ -170,6 +177,13 @@ def project(constraint: Constraint, sde: SDE, x: Array, t: Array, keys: jax.Arra
   if constraint is None:
     return x
   return constraint.project(sde, x, t, noise(keys, x.shape, count))
+
+
+def project_noise_level(constraint: Constraint, y: Array, sigma: Array, keys: jax.Array, count: Array) -> Array:
+  """``project`` in EDM's y = x/m and σ = s/m (a no-op without a constraint)."""
+  if constraint is None:
+    return y
+  return constraint.project_noise_level(y, sigma, noise(keys, y.shape, count))
 
 
 def finalize(constraint: Constraint, x: Array) -> Array:
