@@ -23,6 +23,9 @@ from score_jax import sample as sample_lib
 from score_jax import train
 from configs.toy import gmm2d
 
+# One worker computes this module's shared fixture (pytest.ini: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("faults")
+
 # Smoke config of the toy target with checkpoints every 4 steps, all kept.
 FIELDS = {"training.num_steps": 20, "training.snapshot_freq": 4, "training.max_to_keep": 10,
           "sampling.num_samples": 8, "eval.num_samples": 0, "eval.bpd_num_examples": 0, "eval.num_loss_batches": 1}
@@ -182,8 +185,6 @@ from orbax.checkpoint._src.path import async_path
 from configs.toy import gmm2d
 from score_jax import train
 
-# One worker computes this module's shared fixture (pytest.ini: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("faults")
 workdir, fields = sys.argv[1], json.loads(sys.argv[2])
 real_write = async_path.write_text
 async def stall(path, text):
