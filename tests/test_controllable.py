@@ -1,6 +1,7 @@
 """--mode=inpaint / --mode=colorize (score_jax/controllable.py): masks, inputs, one-line errors
 before compiling, and end-to-end runs at smoke size that keep known pixels / the luminance."""
 
+import functools
 import json
 import os
 
@@ -21,6 +22,14 @@ from tests import run_main
 def _digits(**fields):
   config = digits_config.get_config("smoke")
   config.controllable.update(fields)
+  return config
+
+
+def _fast(config):
+  """The smallest sampler and network of the config's kind, for the runs below: a zero
+  network's score is 0, where Langevin's step size blows up, so the predictor runs alone."""
+  config.sampling.pc.update(dict(corrector="none", num_steps=2, denoise=False))
+  config.model.network.attention = False
   return config
 
 
@@ -187,22 +196,23 @@ def test_folder_inputs_are_resized_and_masked(tmp_path):
 
 
 # --- end to end at smoke size ---------------------------------------------------------------------
-def _export_init_params(config, workdir):
-  """An EMA export of freshly initialised parameters: a checkpoint to run from, nothing trained."""
+def _export_zero_params(config, workdir):
+  """An EMA export of all-zero parameters (the network outputs 0): something to run from,
+  without compiling an initialisation or a train step."""
   setup = experiment.build(config)
-  params = experiment.init_params(setup, experiment.keys(config.seed)["init"])
-  checkpointing.export_params(workdir, 1, params)
+  shapes = jax.eval_shape(functools.partial(experiment.init_params, setup), experiment.keys(config.seed)["init"])
+  checkpointing.export_params(workdir, 1, jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes))
 
 
 @pytest.fixture(scope="module")
 def digits_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("digits"))
-  _export_init_params(_digits(), workdir)
+  _export_zero_params(_fast(_digits()), workdir)
   return workdir
 
 
 def test_inpaint_keeps_known_pixels_exactly_and_never_overwrites(digits_workdir):
-  config = _digits(mask="box", num_inputs=2, samples_per_input=2)
+  config = _fast(_digits(mask="box", num_inputs=2, samples_per_input=2))
   out = controllable.inpaint(config, digits_workdir)
   assert out == os.path.join(digits_workdir, "inpaint", "0")
   with open(os.path.join(out, "metrics.json")) as f:
@@ -218,7 +228,8 @@ def test_inpaint_keeps_known_pixels_exactly_and_never_overwrites(digits_workdir)
   grid = np.asarray(Image.open(os.path.join(out, "grid.png")))
   assert grid.shape == (2 * (64 + 2) + 2, 4 * (64 + 2) + 2)  # 2 rows × (original, input, 2 samples), ×8
   # A second run goes to a new folder; the first one's files stay.
-  out2 = controllable.inpaint(_digits(mask="half", num_inputs=1, samples_per_input=1), digits_workdir)
+  out2 = controllable.inpaint(_fast(_digits(mask="half", num_inputs=2, samples_per_input=2)),
+                              digits_workdir)
   assert out2.endswith(os.path.join("inpaint", "1")) and os.path.isfile(os.path.join(out, "grid.png"))
 
 
@@ -228,18 +239,20 @@ def _test_labels(n):
 
 
 def test_colorize_keeps_the_luminance_to_float_precision(tmp_path):
-  config = shapes_config.get_config("smoke")
+  config = _fast(shapes_config.get_config("smoke"))
   config.controllable.update(dict(num_inputs=2, samples_per_input=2))
   workdir = str(tmp_path)
-  _export_init_params(config, workdir)
+  _export_zero_params(config, workdir)
   out = controllable.colorize(config, workdir)
   with open(os.path.join(out, "metrics.json")) as f:
     metrics = json.load(f)
-  assert metrics["luminance_max_abs_error"] < 1e-5 and metrics["mode"] == "colorize"
   with np.load(os.path.join(out, "results.npz")) as r:
     samples, originals = r["samples"], r["originals"]
-  assert samples.shape == (2, 2, 16, 16, 3)
-  np.testing.assert_allclose(samples.mean(-1), np.repeat(originals.mean(-1)[:, None], 2, 1), atol=1e-5)
+  assert samples.shape == (2, 2, 16, 16, 3) and metrics["mode"] == "colorize"
+  # float32 rounding of the basis round trip, relative to the samples' scale (an untrained model's are large)
+  tol = 1e-6 * max(1.0, float(np.abs(samples).max()))
+  assert metrics["luminance_max_abs_error"] < tol
+  np.testing.assert_allclose(samples.mean(-1), np.repeat(originals.mean(-1)[:, None], 2, 1), atol=tol)
   assert np.abs(samples - samples.mean(-1, keepdims=True)).max() > 1e-2  # chrominance was sampled, not left gray
 
 
