@@ -22,8 +22,8 @@ used through its null label, i.e. as the unconditional model it also is.
 
 Outputs go to a new folder ``<workdir>/inpaint/<k>`` (``colorize/<k>``), never overwriting:
 
-* ``grid.png``: one row per input: original | masked input (filled pixels mid-gray) or
-  gray input | the samples;
+* ``grid.png``: one row per input: original | masked input (pixels to fill drawn as a gray
+  checkerboard) or gray input | the samples;
 * ``results.npz``: ``originals``, ``inputs``, ``known`` (True where a pixel is kept; inpaint),
   ``samples`` [n, samples_per_input, H, W, C], ``labels`` (inputs from a split), ``step``;
 * ``metrics.json``: ``known_max_abs_error`` (inpaint; 0: the known pixels come back exactly)
@@ -261,7 +261,7 @@ class Job:
     labels: [n] their labels (inputs from a split) or None.
     indices: [n] their indices in the split or folder.
     source: where they come from, in words.
-    shown: [n, H, W, C] the masked (filled pixels mid-gray) or gray input, as drawn in the grid.
+    shown: [n, H, W, C] the masked input (``hole_pattern`` where filled) or the gray input, as drawn.
     values: [n, H, W, C] the data whose known coordinates are kept (colorize: the gray image).
     known: [n, H, W, C'] 1 where a coordinate of the (decoupled) state is known, 0 where sampled;
       C' = 1 for inpainting (the same mask on every channel), 3 for colorization.
@@ -281,6 +281,14 @@ class Job:
   fill: Optional[np.ndarray]
   basis: Optional[np.ndarray]
   samples_per_input: int
+
+
+def hole_pattern(image_size: int, data_range: tuple[float, float]) -> np.ndarray:
+  """float32 [S, S]: a checkerboard of 30 % and 70 % gray that marks the pixels to fill in the
+  grid's input column (plain mid-gray would merge with the grid's gray padding)."""
+  lo, hi = data_range
+  i, j = np.indices((image_size, image_size))
+  return (lo + (hi - lo) * (0.3 + 0.4 * ((i + j) % 2))).astype(np.float32)
 
 
 def gray(x: np.ndarray) -> np.ndarray:
@@ -310,7 +318,7 @@ def prepare(config: ConfigDict, mode: str) -> tuple[experiment.Setup, Options, J
   if mode == "inpaint":
     fill = make_fill_masks(opts, size, indices)
     known = (~fill)[..., None].astype(np.float32)  # [n, S, S, 1]
-    shown = np.where(fill[..., None], np.float32(0.5 * (lo + hi)), x)  # [n, S, S, C]
+    shown = np.where(fill[..., None], hole_pattern(size, data.data_range)[..., None], x)  # [n, S, S, C]
     job = Job(mode, x, labels, indices, source, shown, x, known, fill, None, opts.samples_per_input)
   else:
     known = np.broadcast_to(np.array([1.0, 0.0, 0.0], np.float32), x.shape).copy()  # luminance known

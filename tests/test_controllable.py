@@ -191,7 +191,8 @@ def test_folder_inputs_are_resized_and_masked(tmp_path):
   _, _, job = controllable.prepare(config, "inpaint")
   assert job.originals.shape == (2, 8, 8, 1) and job.labels is None
   np.testing.assert_allclose(job.originals[:, 0, 0, 0], [40 / 255, 200 / 255], atol=1e-6)
-  np.testing.assert_array_equal(job.shown[:, :, :4], 0.5)
+  np.testing.assert_allclose(job.shown[:, 0, :4, 0], [[0.3, 0.7, 0.3, 0.7]] * 2, atol=1e-6)  # the hole's checkerboard
+  np.testing.assert_array_equal(job.shown[:, :, 4:], job.originals[:, :, 4:])
   assert job.known.shape == (2, 8, 8, 1) and job.known[:, :, :4].sum() == 0 and job.known[:, :, 4:].all()
 
 

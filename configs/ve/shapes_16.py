@@ -28,7 +28,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
   config.model.network.nf = 16
   tr = config.training
-  tr.num_steps = 4000
+  tr.num_steps = 3000
   tr.batch_size = 32
   tr.snapshot_freq = 500
   config.sampling.num_samples = 64
