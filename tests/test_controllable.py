@@ -15,6 +15,7 @@ from configs.ve import shapes_16 as shapes_config
 from score_jax import checkpointing
 from score_jax import controllable
 from score_jax import experiment
+from score_jax import sample as sample_lib
 from score_jax import sampling
 from tests import run_main
 
@@ -112,6 +113,12 @@ def test_folder_and_png_masks_need_their_paths():
     _opts(inputs="folder")
   with pytest.raises(experiment.ConfigError, match=r"^config\.controllable\.mask_path: not set"):
     _opts(mask="png")
+
+
+def test_per_sample_arrays_are_cut_into_full_chunks_like_the_samples():
+  a = np.arange(10).reshape(5, 2)
+  np.testing.assert_array_equal(sample_lib._rows(a, 0, 3), a[:3])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(sample_lib._rows(a, 3, 3), a[[3, 4, 4]])  # the last chunk repeats its last row
 
 
 # --- grids and metrics on hand-made samples ------------------------------------------------------
