@@ -453,8 +453,9 @@ def run(config: ConfigDict, workdir: str, mode: str) -> str:
   metrics.update(classifier_accuracy(config, workdir, setup.data, job.labels, original=job.originals,
                                      masked_or_gray_input=job.shown, samples=x))
   if jax.process_index() == 0:
+    scale = sample_lib._grid_scale(job.originals.shape[1])  # pylint: disable=protected-access
     outputs.save_image_grid(os.path.join(out, "grid.png"), grid_rows(job, samples), data_range=setup.data.data_range,
-                            ncol=2 + m, scale=sample_lib.grid_scale(job.originals.shape[1]))
+                            ncol=2 + m, scale=scale)
     arrays = {"originals": job.originals, "inputs": job.shown, "samples": samples, "step": np.asarray(step)}
     if job.fill is not None:
       arrays["known"] = ~job.fill

@@ -133,7 +133,7 @@ def evaluate_toy_samples(key: jax.Array, x: Array, target: Any) -> dict[str, Any
   return out
 
 
-def grid_scale(image_size: int) -> int:
+def _grid_scale(image_size: int) -> int:
   """Up-scaling that makes a tile at least ~64 pixels wide (8×8 digits: ×8)."""
   return max(1, 64 // image_size)
 
@@ -159,7 +159,7 @@ def write_samples(setup: experiment.Setup, x: np.ndarray, *, png: str, npz: Opti
     outputs.plot_samples(png, x, data.target, title=f"{title}\n{summary}".strip())
   else:
     ncol = setup.num_classes if setup.num_classes and setup.num_classes <= 16 else None
-    outputs.save_image_grid(png, x, data_range=data.data_range, ncol=ncol, scale=grid_scale(x.shape[1]))
+    outputs.save_image_grid(png, x, data_range=data.data_range, ncol=ncol, scale=_grid_scale(x.shape[1]))
   if npz is not None:
     arrays = {"samples": x}
     if labels is not None:
