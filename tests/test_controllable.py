@@ -219,6 +219,18 @@ def digits_workdir(tmp_path_factory):
   return workdir
 
 
+def _known_pixels_kept(out):
+  """Checks every sample of results.npz against its own input's mask; returns the masks [n, H, W]."""
+  with np.load(os.path.join(out, "results.npz")) as r:
+    samples, originals, known = r["samples"], r["originals"], r["known"]
+  k = samples.shape[1]
+  known = np.repeat(known[:, None, :, :, None], k, axis=1)  # [n, k, H, W, 1]
+  expected = np.repeat(originals[:, None], k, axis=1)
+  np.testing.assert_array_equal(samples[known], expected[known])  # bit for bit
+  assert np.all(samples[~known] != expected[~known])  # the rest was sampled
+  return known[:, 0, :, :, 0]
+
+
 def test_inpaint_keeps_known_pixels_exactly_and_never_overwrites(digits_workdir):
   config = _fast(_digits(mask="box", num_inputs=2, samples_per_input=2))
   out = controllable.inpaint(config, digits_workdir)
@@ -227,18 +239,20 @@ def test_inpaint_keeps_known_pixels_exactly_and_never_overwrites(digits_workdir)
     metrics = json.load(f)
   assert metrics["known_max_abs_error"] == 0.0 and metrics["step"] == 1 and metrics["nfe"] > 0
   assert metrics["filled_fraction"] == 0.25 and metrics["classifier_accuracy"] is None
+  known = _known_pixels_kept(out)
+  assert known.sum() == 2 * 48
   with np.load(os.path.join(out, "results.npz")) as r:
     assert r["samples"].shape == (2, 2, 8, 8, 1) and r["originals"].shape == (2, 8, 8, 1)
-    known = r["known"][:, None, :, :, None] & np.ones((1, 2, 1, 1, 1), bool)
-    np.testing.assert_array_equal(r["samples"][known], np.repeat(r["originals"][:, None], 2, 1)[known])
     assert not np.array_equal(r["samples"][:, 0], r["samples"][:, 1])  # two samples per input differ
     assert r["labels"].tolist() == _test_labels(2)
   grid = np.asarray(Image.open(os.path.join(out, "grid.png")))
   assert grid.shape == (2 * (64 + 2) + 2, 4 * (64 + 2) + 2)  # 2 rows × (original, input, 2 samples), ×8
-  # A second run goes to a new folder; the first one's files stay.
-  out2 = controllable.inpaint(_fast(_digits(mask="half", num_inputs=2, samples_per_input=2)),
-                              digits_workdir)
+  # A second run (masks that differ between inputs) goes to a new folder; the first one's files stay.
+  out2 = controllable.inpaint(_fast(_digits(mask="random_patches", num_patches=2, patch_size=3, num_inputs=2,
+                                            samples_per_input=2)), digits_workdir)
   assert out2.endswith(os.path.join("inpaint", "1")) and os.path.isfile(os.path.join(out, "grid.png"))
+  known2 = _known_pixels_kept(out2)
+  assert not np.array_equal(known2[0], known2[1])
 
 
 def _test_labels(n):
