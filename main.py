@@ -3,6 +3,7 @@
     python main.py --config=configs/toy/gmm2d.py --workdir=runs/gmm --mode=train
     python main.py --config=configs/toy/gmm2d.py --workdir=runs/gmm --mode=sample
     python main.py --config=configs/ve/digits.py:smoke --workdir=runs/d --config.training.num_steps=50
+    python main.py --config=configs/ve/digits.py --workdir=runs/digits --mode=inpaint           # or colorize (RGB data)
 
 Kept short on purpose: everything else lives in the library, where tests can call it.
 ``--config=PATH[:variant]`` names a config file (``:smoke`` shrinks any of them to run in
@@ -34,6 +35,10 @@ MODES = {
     "fid_stats": ("score_jax.evaluate:fid_stats", "cache the real data's feature statistics for FID"),
     "train_classifier": ("score_jax.evaluate:train_classifier",
                          "train the in-domain feature classifier of an embedded dataset"),
+    "inpaint": ("score_jax.controllable:inpaint",
+                "fill masked regions of input images with the EMA model (config.controllable) into <workdir>/inpaint/<k>"),
+    "colorize": ("score_jax.controllable:colorize",
+                 "colour gray versions of RGB input images with the EMA model into <workdir>/colorize/<k>"),
 }
 
 FLAGS = flags.FLAGS

@@ -89,6 +89,23 @@ def base_config() -> ml_collections.ConfigDict:
   sampling.adaptive = ml_collections.ConfigDict(dict(rel_tol=1e-2, abs_tol=None, data_range="[0,1]", denoise=True))
   sampling.ald = ml_collections.ConfigDict(dict(num_steps=232, n_steps_each=5, denoise=True))
 
+  # Inpainting and colorization from a trained model (--mode=inpaint / --mode=colorize;
+  # score_jax/controllable.py documents each field).
+  config.controllable = ctl = ml_collections.ConfigDict()
+  ctl.inputs = "test"  # "test": config.data.eval_split; "train": config.data.split; "folder": input_path
+  ctl.input_path = ""  # a folder of images (centre-cropped and resized to config.data.image_size)
+  ctl.first_input = 0  # index of the first input image (sorted file order for a folder)
+  ctl.num_inputs = 8
+  ctl.samples_per_input = 4
+  ctl.mask = "box"  # inpaint: box | half | random_patches | png
+  ctl.box = config_dict.placeholder(tuple)  # (top, left, height, width) in pixels; None: centred, half the side
+  ctl.half = "right"  # the half to fill: left | right | top | bottom
+  ctl.num_patches = 4  # random_patches: squares per image, placed from (mask_seed, input index)
+  ctl.patch_size = config_dict.placeholder(int)  # None: a quarter of the side
+  ctl.mask_seed = 0
+  ctl.mask_path = ""  # png: image-sized mask, white (>= 128) = fill, black = keep (diffusers' convention)
+  ctl.resample = 1  # RePaint repetitions of every sampler step (1: plain replacement)
+
   # Evaluation from checkpoints (--mode=eval / fid_stats / train_classifier; score_jax/evaluate.py
   # documents each field).  Steps: 0 means the first / the latest checkpoint.  Fields that may
   # be None are typed placeholders, so --config.eval.<field>=<value> can still set them.
@@ -145,6 +162,8 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   s.ode.rtol = s.ode.atol = 1e-2
   s.adaptive.rel_tol = 0.1
   s.ald.num_steps, s.ald.n_steps_each = 4, 1
+  ctl = config.controllable
+  ctl.num_inputs, ctl.samples_per_input = 2, 2
   ev = config.eval
   if data.kind == "embedded":
     ev.features = "classifier"

@@ -45,34 +45,54 @@ def sample_labels(setup: experiment.Setup, num_samples: int) -> Optional[np.ndar
   return (np.arange(num_samples) % setup.num_classes).astype(np.int32)
 
 
-def make_sampler(setup: experiment.Setup, num_samples: int, *,
-                 batch_size: Optional[int] = None) -> Callable[[Any, jax.Array], tuple[np.ndarray, int]]:
-  """A compiled-once sampler ``draw(params, key) -> (samples [N, ...] numpy, nfe)``.
+def _rows(a: np.ndarray, start: int, size: int) -> np.ndarray:
+  """Rows start .. start + size − 1 of ``a``, the last row repeated past its end (a full chunk)."""
+  part = np.asarray(a)[start:start + size]
+  if part.shape[0] < size:
+    part = np.concatenate([part, np.repeat(part[-1:], size - part.shape[0], axis=0)])
+  return part
+
+
+def make_sampler(setup: experiment.Setup, num_samples: int, *, batch_size: Optional[int] = None,
+                 constraint_fn: Optional[Callable[..., Any]] = None,
+                 null_labels: bool = False) -> Callable[..., tuple[np.ndarray, int]]:
+  """A compiled-once sampler ``draw(params, key, **arrays) -> (samples [N, ...] numpy, nfe)``.
 
   Samples are drawn ``batch_size`` at a time (default: all N in one call); sample j gets the
   key ``fold_in(key, j)`` whatever the chunking, so N samples are the same for any batch size
   (up to the batch-averaged step size of the ``langevin`` corrector).  Each chunk is split
   over the mesh when its size is divisible by the device count (else replicated).
+
+  Args:
+    setup: the components.
+    num_samples: N.
+    batch_size: samples per compiled call (None: all N at once).
+    constraint_fn: for inpainting and colorization, ``constraint_fn(**arrays)`` builds the
+      sampler's ``constraint`` (a ``sampling.constraints.Replacement``) from the per-sample
+      arrays given to ``draw`` ([N, ...] each, cut into chunks like the samples).
+    null_labels: a class-conditional model is sampled with its null label (its unconditional
+      score) instead of the labels 0, 1, …, K−1, 0, … .
   """
   mesh = setup.mesh
   chunk = min(num_samples, batch_size or num_samples)
   shape = (chunk,) + setup.data_shape
   out = sharding_lib.data_sharding(mesh) if chunk % mesh.size == 0 else sharding_lib.replicated(mesh)
-  num_classes = setup.num_classes
+  num_classes = 0 if null_labels else setup.num_classes
 
   @jax.jit
-  def _draw(params, key, start):
+  def _draw(params, key, start, arrays):
     index = start + jnp.arange(chunk, dtype=jnp.uint32)  # [b] positions in the whole set
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
     labels = (index % num_classes).astype(jnp.int32) if num_classes else None
+    extra = {} if constraint_fn is None else {"constraint": constraint_fn(**arrays)}
     x, nfe = sampling.sample(keys, setup.sde, setup.score_fn(params, labels), shape, setup.sampling_method,
-                             **setup.sampling_options)
+                             **setup.sampling_options, **extra)
     return jax.lax.with_sharding_constraint(x, out), jnp.max(nfe)
 
-  def draw(params: Any, key: jax.Array) -> tuple[np.ndarray, int]:
+  def draw(params: Any, key: jax.Array, **arrays: np.ndarray) -> tuple[np.ndarray, int]:
     parts, nfe = [], 0
     for start in range(0, num_samples, chunk):
-      x, n = _draw(params, key, start)
+      x, n = _draw(params, key, start, {name: _rows(a, start, chunk) for name, a in arrays.items()})
       if jax.process_count() > 1:
         x = multihost_utils.process_allgather(x, tiled=True)
       parts.append(np.asarray(x)[:num_samples - start])
@@ -208,6 +228,24 @@ def draw_key(setup: experiment.Setup, step: int, draw: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(experiment.keys(setup.seed)["sample"], step), draw + 1)
 
 
+def load_ema_params(config: ml_collections.ConfigDict, setup: experiment.Setup, workdir: str) -> tuple[int, Any]:
+  """(step, EMA parameters) of ``config.sampling.checkpoint_step`` (None: the latest) in ``workdir``.
+
+  Raises:
+    FileNotFoundError: no such checkpoint or EMA export; the message says which exist or how to make one.
+  """
+  wanted = config.sampling.get("checkpoint_step")
+  found = latest_ema_params(setup, workdir, step=wanted)
+  if found is None and wanted is not None:
+    have = available_steps(setup, workdir)
+    raise FileNotFoundError(f"config.sampling.checkpoint_step={wanted}: no checkpoint or EMA export of that step in "
+                            f"{workdir} (there are {have or 'none'}); pick one of them or leave it unset for the latest.")
+  if found is None:
+    raise FileNotFoundError(f"No checkpoint found in {checkpointing.checkpoint_dir(workdir)}: run --mode=train "
+                            f"with --workdir={workdir} first.")
+  return found
+
+
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """``--mode=sample``: draws ``config.sampling.num_samples`` samples from the EMA parameters of
   the latest checkpoint (or EMA export) in ``workdir`` into a new folder ``<workdir>/samples/<k>``.
@@ -227,16 +265,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """
   setup = experiment.build(config)
   keys = experiment.keys(config.seed)
-  wanted = config.sampling.get("checkpoint_step")
-  found = latest_ema_params(setup, workdir, step=wanted)
-  if found is None and wanted is not None:
-    have = available_steps(setup, workdir)
-    raise FileNotFoundError(f"config.sampling.checkpoint_step={wanted}: no checkpoint or EMA export of that step in "
-                            f"{workdir} (there are {have or 'none'}); pick one of them or leave it unset for the latest.")
-  if found is None:
-    raise FileNotFoundError(f"No checkpoint found in {checkpointing.checkpoint_dir(workdir)}: run --mode=train "
-                            f"with --workdir={workdir} first.")
-  step, params = found
+  step, params = load_ema_params(config, setup, workdir)
   k, out = outputs.next_numbered_dir(os.path.join(workdir, "samples"))
   key = draw_key(setup, step, k)
   t0 = time.perf_counter()
