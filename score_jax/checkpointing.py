@@ -218,16 +218,25 @@ def export_source(workdir: str, step: int, target: Any) -> Source:
                 lambda: load_exported_params(workdir, step, target), lambda: load_exported_params(workdir, step))
 
 
+# TensorStore names the array it failed on in 'Error reading "<array>/<chunk>" in OCDBT database …',
+# possibly nested in 'Error opening "zarr" driver: …'; the reason is the last ': '-separated part.
+_TS_ARRAY_ERROR = re.compile(r'\b([A-Z][A-Z_]+): .*?Error reading "([^"/][^"]*)"')
+
+
 def _short_error(error: BaseException) -> str:
-  """A few words of a restore error: the array and TensorStore's status, or the first line."""
+  """A few words of a restore error: the array and TensorStore's status, or one line."""
   while error.__cause__ is not None:
     error = error.__cause__
-  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-  # TensorStore: 'OUT_OF_RANGE: Error reading "opt_state.1.0.nu/0" in OCDBT database at ...: <why>'
-  match = re.match(r'([A-Z_]+): Error reading "([^"/]+)[^"]*".*?: ([^:]+)$', text)
+  full = str(error).strip()
+  text = full.split(" [tensorstore_spec")[0]
+  match = _TS_ARRAY_ERROR.search(text)
   if match:
-    code, array, why = match.groups()
-    return f"array {array}: {code}, {why.strip()}"
+    code, name = match.groups()
+    return f"array {name.split('/')[0]}: {code}, {text.rsplit(': ', 1)[-1].strip()}"
+  lines = [line for line in full.splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  text = lines[-1] if lines[0].startswith("Traceback") else lines[0]  # a wrapped traceback: its last line
   return text if len(text) <= 200 else text[:197] + "..."
 
 
