@@ -8,7 +8,7 @@ inpainting in colour).
 ``configs/ve/shapes_32.py`` (class-conditional NCSN++ at 32×32) takes seconds per step on a
 CPU; this one is unconditional, 16×16×3, and its U-Net has 16 base channels.  σ_max = 25
 covers the largest distance between two 16×16×3 training images in [0, 1] (23.5 over the
-first 2000; score_sde's rule for VE).  Variant ``smoke`` runs in seconds (tests, debugging).
+first 2000; score_sde's rule for VE).  Variant ``smoke`` runs in well under a minute on a 2-core CPU, mostly compiling (tests, debugging).
 """
 
 import ml_collections
