@@ -1,4 +1,5 @@
-"""Command-line entry: parses flags and dispatches to ``score_jax.train``, ``sample`` or ``evaluate``.
+"""Command-line entry: parses flags and dispatches to ``score_jax.train``, ``sample``, ``evaluate`` or
+``classifiers``.
 
     python main.py --config=configs/toy/gmm2d.py --workdir=runs/gmm --mode=train
     python main.py --config=configs/toy/gmm2d.py --workdir=runs/gmm --mode=sample
@@ -16,6 +17,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from score_jax import classifiers
 from score_jax import evaluate
 from score_jax import experiment
 from score_jax import sample
@@ -25,11 +27,13 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, optionally with a variant: path.py:smoke.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "fid_stats", "train_classifier"],
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "fid_stats", "train_classifier",
+                                     "train_noisy_classifier"],
                   "train: train (resuming from the latest checkpoint) then sample; sample: draw from the EMA "
                   "parameters of the latest checkpoint; eval: loss, bits/dim, FID / KID / IS of checkpoints "
                   "(config.eval); fid_stats: cache real-data feature statistics; train_classifier: train the "
-                  "in-domain feature classifier of embedded datasets.")
+                  "in-domain feature classifier of embedded datasets; train_noisy_classifier: train the "
+                  "noise-conditional classifier p_t(y | x(t)) of classifier guidance (config.noisy_classifier).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host TPU / GPU / "
                   "SLURM launches; the coordinator is found from the environment unless given below).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed without autodetection.")
@@ -58,7 +62,8 @@ def main(argv):
                                process_id=FLAGS.process_id)
   try:
     modes = {"train": train.train_and_evaluate, "sample": sample.sample, "eval": evaluate.evaluate,
-             "fid_stats": evaluate.fid_stats, "train_classifier": evaluate.train_classifier}
+             "fid_stats": evaluate.fid_stats, "train_classifier": classifiers.train_classifier,
+             "train_noisy_classifier": classifiers.train_noisy_classifier}
     modes[FLAGS.mode](FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")
