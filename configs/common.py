@@ -126,6 +126,21 @@ def base_config() -> ml_collections.ConfigDict:
   nc.dir = ""  # default <workdir>/noisy_classifier
   nc.num_bands = 10
   nc.band_repeats = 1
+
+  # Class-guided --mode=sample (score_jax/class_guidance.py documents each field): kind "none",
+  # "classifier" (the noise-conditional classifier above) or "cfg" (classifier-free guidance).
+  config.guidance = g = ml_collections.ConfigDict()
+  g.kind = "none"
+  g.labels = ()  # requested classes, cycled over the samples; empty: 0 … K−1
+  g.strategy = "constant"  # constant | linear | truncated | norm_ratio (the report's §5.3, and ours)
+  g.scale = 1.0
+  g.scale_start, g.scale_end = 500.0, 400.0
+  g.sigma_min = config_dict.placeholder(float)
+  g.sigma_max = config_dict.placeholder(float)
+  g.sigma_lo, g.sigma_hi = 0.0, float("inf")
+  g.ratio = 1.0
+  g.sigma_classifier_max = config_dict.placeholder(float)
+  g.w = 1.0
   return config
 
 

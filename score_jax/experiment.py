@@ -235,7 +235,7 @@ def build_image_data(config: ConfigDict, what: str) -> ImageData:
   """``build_data`` for a mode that needs images (``what`` names it in the error on toy data)."""
   data = build_data(config)
   check(isinstance(data, ImageData), "config.data.kind",
-        f"{what} needs image data; toy targets (kind 'toy') have no images to extract features from.")
+        f"{what} needs image data; toy targets (kind 'toy') have no images.")
   return data
 
 

@@ -13,7 +13,8 @@ from score_jax import models
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.py")
                  if p.name not in ("__init__.py", "common.py"))
-EMBEDDED = ("configs/ve/digits.py", "configs/vp/digits.py", "configs/ve/shapes_32.py", "configs/toy/gmm2d.py")
+EMBEDDED = ("configs/ve/digits.py", "configs/ve/digits_cond.py", "configs/vp/digits.py", "configs/ve/shapes_32.py",
+            "configs/toy/gmm2d.py")
 
 
 def load(path: str, variant: str = ""):
@@ -24,7 +25,7 @@ def load(path: str, variant: str = ""):
 
 
 def test_every_config_is_listed():
-  assert len(CONFIGS) == 14, CONFIGS
+  assert len(CONFIGS) == 15, CONFIGS
   for name in ("configs/default_ve.py", "configs/default_vp.py", "configs/default_subvp.py", "configs/ve/afhq_512.py",
                "configs/ve/cifar10_ncsnpp_continuous.py", "configs/ve/celebahq_256.py", "configs/ve/ffhq_1024.py",
                "configs/ve/church_256.py", "configs/vp/cifar10_ddpmpp_continuous.py",
