@@ -138,6 +138,68 @@ class GaussianMixture:
     """The exact score as ``score_fn(x, t)``, the signature every sampler takes."""
     return lambda x, t: self.score(x, t, sde)
 
+  # --- exact references for controllable generation -----------------------------------
+  def class_log_prob(self, x: Array, t: Array, sde: sde_lib.SDE) -> Array:
+    """The exact noisy classifier log p_t(k | x) [B, K] of the components under ``sde``.
+
+    The posterior of the component label given x(t) (Bayes' rule on the perturbed mixture):
+    log w_k + log N(x; m μ_k, m² σ_k² + s²) − log p_t(x), for x [B, D], t [] or [B].
+    """
+    logp, _, _ = self._component_logp(x, *self._coeffs(sde, x, t))
+    return jax.nn.log_softmax(logp, axis=-1)
+
+  def classifier_fn(self, sde: sde_lib.SDE) -> Callable[[Array, Array], Array]:
+    """The exact noisy classifier as ``log_prob_fn(x [B, D], t [B]) -> [B, K]`` (``guidance``'s signature)."""
+    return lambda x, t: self.class_log_prob(x, t, sde)
+
+  def conditional_score(self, x: Array, t: Array, labels: Array, sde: sde_lib.SDE) -> Array:
+    """∇_x log p_t(x | k) [B, D] for each row's component ``labels`` [B] in 0 … K − 1, and the
+    mixture's score ∇_x log p_t(x) for the null label K (classifier-free guidance's ∅)."""
+    m, s = self._coeffs(sde, x, t)
+    logp, diff, var = self._component_logp(x, m, s)
+    per_component = -diff / var  # [B, K, D]
+    k = self.num_components
+    onehot = jax.nn.one_hot(jnp.minimum(labels, k - 1), k)  # [B, K]
+    resp = jnp.where((labels >= k)[:, None], jax.nn.softmax(logp, axis=-1), onehot)
+    return jnp.einsum("bk,bkd->bd", resp, per_component)
+
+  def component(self, k: int) -> "GaussianMixture":
+    """Component k alone, p(x | k), as a one-component mixture."""
+    return GaussianMixture(means=self.means[k:k + 1], stds=self.stds[k:k + 1])
+
+  def condition(self, known: Array, values: Array, basis: Array | None = None) -> "GaussianMixture":
+    """The exact law of the unknown coordinates given the known ones, in closed form.
+
+    In the coordinates u = x @ basis (x itself without a basis) the components are
+    axis-aligned, so given u_A = a each one factorizes: its unknown coordinates keep their
+    means and stds, and its weight becomes w_k N(a; μ_kA, σ_kA²)/Σ_j w_j N(a; μ_jA, σ_jA²).
+
+    Args:
+      known: [D] booleans, True for the coordinates of u that are given.
+      values: [D] values of u (only the known entries are used).
+      basis: None, or an orthogonal [D, D] matrix; then every component must be isotropic
+        (all its stds equal), which a rotation keeps axis-aligned.
+
+    Returns:
+      A GaussianMixture over the unknown coordinates of u, in their order.
+    """
+    known = np.asarray(known, bool)
+    values = np.asarray(values, np.float64)
+    means = np.asarray(self.means, np.float64)
+    stds = np.asarray(self.stds, np.float64)
+    _require(known.shape == (self.dim,) and values.shape == (self.dim,),
+             f"condition: known and values must have shape [D]=[{self.dim}], got {known.shape} and {values.shape}.")
+    _require(known.any() and not known.all(), "condition: known must mark at least one coordinate, and not all.")
+    if basis is not None:
+      _require(np.allclose(stds, stds[:, :1]), "condition with a basis needs isotropic components (equal stds).")
+      means = means @ np.asarray(basis, np.float64)
+    a = values[known]
+    logn = -0.5 * np.sum(np.log(2 * np.pi * stds[:, known] ** 2) + (a - means[:, known]) ** 2 / stds[:, known] ** 2,
+                         axis=1)
+    logw = np.log(np.asarray(self.weights, np.float64)) + logn
+    weights = np.exp(logw - logw.max())
+    return GaussianMixture(means=means[:, ~known], stds=stds[:, ~known], weights=weights)
+
   def assign(self, x: Array) -> Array:
     """Index of the nearest component mean (Euclidean) for each row of x [N, D] -> [N]."""
     d2 = jnp.sum((x[:, None, :] - self.means[None]) ** 2, axis=-1)
@@ -218,6 +280,32 @@ class Gaussian:
 
   def score_fn(self, sde: sde_lib.SDE) -> Callable[[Array, Array], Array]:
     return lambda x, t: self.score(x, t, sde)
+
+  def condition(self, known: Array, values: Array, basis: Array | None = None) -> "Gaussian":
+    """The exact conditional N(μ_B + Σ_BA Σ_AA⁻¹ (a − μ_A), Σ_BB − Σ_BA Σ_AA⁻¹ Σ_AB) of the
+    unknown coordinates u_B given the known u_A = a, in u = x @ basis (x without a basis).
+
+    Args:
+      known: [D] booleans; values: [D] (known entries used); basis: None or orthogonal [D, D].
+
+    Returns:
+      A Gaussian over the unknown coordinates of u.
+    """
+    known = np.asarray(known, bool)
+    values = np.asarray(values, np.float64)
+    _require(known.shape == (self.dim,) and values.shape == (self.dim,),
+             f"condition: known and values must have shape [D]=[{self.dim}], got {known.shape} and {values.shape}.")
+    _require(known.any() and not known.all(), "condition: known must mark at least one coordinate, and not all.")
+    mean = np.asarray(self.mean, np.float64)
+    cov = np.asarray(self.cov, np.float64)
+    if basis is not None:
+      basis = np.asarray(basis, np.float64)
+      mean, cov = mean @ basis, basis.T @ cov @ basis
+    a, b = known, ~known
+    gain = np.linalg.solve(cov[np.ix_(a, a)], cov[np.ix_(a, b)]).T  # Σ_BA Σ_AA⁻¹ [|B|, |A|]
+    cond_mean = mean[b] + gain @ (values[a] - mean[a])
+    cond_cov = cov[np.ix_(b, b)] - gain @ cov[np.ix_(a, b)]
+    return Gaussian(mean=cond_mean, cov=0.5 * (cond_cov + cond_cov.T))
 
 
 class _DensityOnlyTarget:

@@ -31,6 +31,11 @@ documents them):
 * ``ddim``        DDIM: eta, num_steps, skip_type (VP / sub-VP)           (``dpm_solver.py``)
 * ``exponential`` exponential integrator of the reverse SDE: num_steps, skip_type
                   (VP / sub-VP)                                          (``exponential.py``)
+
+Inpainting and colorization are an option of the samplers, ``constraint=`` a
+``constraints.Replacement`` (known coordinates re-imposed after every step, optionally with
+RePaint resampling): pc, ald, langevin, edm, dpm_solver, ddim, exponential, ode with
+solver="heun" and adaptive (on accepted steps) take it; the adaptive ODE solvers reject it.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from score_jax.sampling import steps
+from score_jax.sampling import constraints, steps
 from score_jax.sampling.adaptive import ADAPTIVE_METHOD
 from score_jax.sampling.dpm_solver import DDIM_METHOD, DPM_SOLVER_METHOD
 from score_jax.sampling.edm import EDM_METHOD
@@ -109,12 +114,28 @@ def _check_score_fn(score_fn: ScoreFn, shape: tuple[int, ...]) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "method", "options"))
-def _sample_compiled(key, sde, score_fn, shape, method, options):
-  return METHODS[method].run(key, sde, score_fn, shape, **dict(options))
+def _sample_compiled(key, constraint, sde, score_fn, shape, method, options):
+  extra = {} if constraint is None else {"constraint": constraint}
+  return METHODS[method].run(key, sde, score_fn, shape, **dict(options), **extra)
+
+
+def check_constraint(sde: SDE, shape: tuple[int, ...], method: str, opts: Mapping[str, Any],
+                     constraint: constraints.Constraint) -> None:
+  """Raises ValueError unless ``method`` (with resolved ``opts``) can impose ``constraint``."""
+  if constraint is None:
+    return
+  _require(isinstance(constraint, constraints.Replacement),
+           f"constraint must be a sampling.constraints.Replacement or None, got {type(constraint).__name__}.")
+  constraint.check(shape)
+  spec = METHODS[method]
+  _require(spec.check_constraint is not None,
+           f"sampling method {method!r} cannot impose known coordinates (constraint); use one of "
+           f"{sorted(m for m, s in METHODS.items() if s.check_constraint is not None)}.")
+  spec.check_constraint(sde, opts, constraint)
 
 
 def _static_args(sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str,
-                 options: Mapping[str, Any]) -> dict[str, Any]:
+                 options: Mapping[str, Any], constraint: constraints.Constraint = None) -> dict[str, Any]:
   """Checks everything that can be checked before compiling; returns the static arguments."""
   _require(isinstance(sde, SDE), f"sde must be an SDE from score_jax.sde, got {type(sde).__name__}.")
   _require(callable(score_fn), "score_fn must be callable as score_fn(x, t).")
@@ -122,12 +143,13 @@ def _static_args(sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: st
   _require(len(shape) >= 2 and all(isinstance(s, int) and s > 0 for s in shape),
            f"shape must be (batch, *event) with positive integers, got {shape}.")
   opts = resolve_options(sde, method, options)
+  check_constraint(sde, shape, method, opts, constraint)
   _check_score_fn(score_fn, shape)
   return dict(sde=sde, score_fn=score_fn, shape=shape, method=method, options=tuple(sorted(opts.items())))
 
 
-def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str = "pc",
-           **options) -> tuple[Array, Any]:
+def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str = "pc", *,
+           constraint: constraints.Constraint = None, **options) -> tuple[Array, Any]:
   """Draws samples of ``shape`` [B, ...] from the model defined by ``sde`` and ``score_fn``.
 
   Args:
@@ -137,19 +159,22 @@ def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
     score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``, the score ∇log p_t(x).
     shape: the batch shape, batch first.
     method: one of ``METHODS``.
+    constraint: None, or known coordinates to impose after every step (inpainting,
+      colorization): a ``constraints.Replacement``; see ``sampling/constraints.py``.  Its
+      arrays are traced, so new values or masks of the same shapes reuse the compiled sampler.
     **options: the method's options (see the module docstring).
 
   Returns:
     (samples [shape], nfe): nfe is the number of score evaluations per sample.
   """
-  return _sample_compiled(key, **_static_args(sde, score_fn, shape, method, options))
+  return _sample_compiled(key, constraint, **_static_args(sde, score_fn, shape, method, options, constraint))
 
 
-def lower(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str = "pc",
-          **options) -> jax.stages.Lowered:
+def lower(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str = "pc", *,
+          constraint: constraints.Constraint = None, **options) -> jax.stages.Lowered:
   """The sampler ``sample`` would run, lowered ahead of time: ``.compile()`` gives a
   callable of the key (for timing compilation apart from execution, or inspecting HLO)."""
-  return _sample_compiled.lower(key, **_static_args(sde, score_fn, shape, method, options))
+  return _sample_compiled.lower(key, constraint, **_static_args(sde, score_fn, shape, method, options, constraint))
 
 
-__all__ = ["sample", "lower", "resolve_options", "Method", "METHODS", "PREDICTORS", "CORRECTORS", "SOLVERS", "steps"]
+__all__ = ["sample", "lower", "constraints", "check_constraint", "resolve_options", "Method", "METHODS", "PREDICTORS", "CORRECTORS", "SOLVERS", "steps"]

@@ -42,7 +42,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from score_jax.sampling import common, options, steps
+from score_jax.sampling import common, constraints, options, steps
 from score_jax.sde import SDE, ScoreFn, bcast
 
 Array = Any
@@ -179,7 +179,7 @@ class _State(NamedTuple):
 def _solve(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *, abs_tol: Optional[float],
            rel_tol: float, data_range: str, norm: str, h_init: float, safety: float, exponent: float,
            extrapolation: bool, noise: str, memory: int, max_steps: int,
-           denoise: bool) -> tuple[Array, dict[str, Array]]:
+           denoise: bool, constraint: constraints.Constraint = None) -> tuple[Array, dict[str, Array]]:
   """Runs the adaptive solver; returns the samples [shape] and a dict of statistics."""
   n = shape[0]
   keys = common.per_sample_keys(key, n)
@@ -187,6 +187,7 @@ def _solve(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
   error_norm = NORMS[norm]
   eps = sde.eps
   x = sde.prior_std * common.normal(keys, shape, 0)  # [B, ...] from the prior
+  x = constraints.project(constraint, sde, x, common.full_t(sde.T, n), keys, 0)
   zeros = jnp.zeros((n,), jnp.int32)
   init = _State(x=x, x_prev=x, t=common.full_t(sde.T, n), h=common.full_t(min(h_init, sde.T - eps), n),
                 memory=empty_memory(shape, memory if noise == "bridge" else 1), attempts=zeros, accepted=zeros,
@@ -213,8 +214,12 @@ def _solve(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
     grow = jnp.maximum(err, 1e-12) ** -exponent  # E = 0 (no error) would be an infinite factor
     h = jnp.where(t > eps, jnp.minimum(t - eps, safety * s.h * grow), 0.0)
     accept_b = bcast(accept, s.x)
+    x_new = x_high if extrapolation else x_low
+    if constraint is not None:  # replacement on accepted steps, call number = the attempt's
+      x_new = constraint.project(sde, x_new, t, constraints.noise(jax.vmap(jax.random.fold_in)(keys, s.attempts + 1),
+                                                                  shape, 0))
     return _State(
-        x=jnp.where(accept_b, x_high if extrapolation else x_low, s.x),
+        x=jnp.where(accept_b, x_new, s.x),
         x_prev=jnp.where(accept_b, x_low, s.x_prev),
         t=t,
         h=h,
@@ -229,6 +234,7 @@ def _solve(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
   x = jnp.where(bcast(unfinished, s.x), jnp.nan, s.x)
   if denoise:
     x = steps.denoise(sde, score_fn, x, common.full_t(eps, n))
+  x = constraints.finalize(constraint, x)
   nfe_per_sample = 2 * s.attempts + int(denoise)  # [B]
   stats = dict(nfe=jnp.max(nfe_per_sample), nfe_mean=jnp.mean(nfe_per_sample), accepted=s.accepted,
                rejected=s.attempts - s.accepted, forgotten=s.forgotten, unfinished=jnp.sum(unfinished))
@@ -247,7 +253,8 @@ def adaptive_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[in
       "[0,1]"), norm ("l2": root mean square, or "linf"), h_init, safety θ, exponent r,
       extrapolation (accept x″ rather than x′), noise ("bridge" or the paper's "fresh"),
       memory (path points a sample keeps with "bridge"), max_steps (attempts per sample;
-      samples still short of eps then come back as NaN), denoise (a final Tweedie step, 1 NFE).
+      samples still short of eps then come back as NaN), denoise (a final Tweedie step, 1 NFE),
+      constraint (known coordinates replaced after every accepted step, ``sampling.constraints``).
 
   Returns:
     samples [shape] and the NFE of the batch: 2 × the most attempts of any sample, + denoise.
@@ -298,4 +305,5 @@ def _check(sde: SDE, opts) -> None:
 
 ADAPTIVE_METHOD = options.Method(adaptive_sample, dict(
     abs_tol=None, rel_tol=0.01, data_range="[-1,1]", norm="l2", h_init=0.01, safety=0.9, exponent=0.9,
-    extrapolation=True, noise="bridge", memory=8, max_steps=10_000, denoise=True), _check)
+    extrapolation=True, noise="bridge", memory=8, max_steps=10_000, denoise=True), _check,
+                                 options.no_resampling("adaptive"))

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.sampling import common, options, steps
+from score_jax.sampling import common, constraints, options, steps
 from score_jax.sde import SDE, ScoreFn, bcast
 
 Array = Any
@@ -240,7 +240,8 @@ def _midpoint_times(sde: SDE, ts: Array, fractions: tuple[float, ...]) -> tuple[
 
 
 def dpm_solver_solve(sde: SDE, score_fn: ScoreFn, x: Array, *, order: int, variant: str, num_steps: int,
-                     skip_type: str, lower_order_final: bool) -> tuple[Array, int]:
+                     skip_type: str, lower_order_final: bool, constraint: constraints.Constraint = None,
+                     keys: jax.Array = None) -> tuple[Array, int]:
   """Integrates the probability-flow ODE from x at time T down to eps with DPM-Solver++.
 
   Args:
@@ -248,6 +249,8 @@ def dpm_solver_solve(sde: SDE, score_fn: ScoreFn, x: Array, *, order: int, varia
     score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``.
     x: the state at T [B, ...].
     order, variant, num_steps, skip_type, lower_order_final: as in ``dpm_solver_sample``.
+    constraint: known coordinates replaced after every step (``sampling.constraints``),
+      with their noise from the per-sample ``keys`` [B].
 
   Returns:
     (x at eps [B, ...], the number of score evaluations = num_steps).
@@ -266,6 +269,7 @@ def dpm_solver_solve(sde: SDE, score_fn: ScoreFn, x: Array, *, order: int, varia
         t, t_next = common.full_t(ts[i], n), common.full_t(ts[i + 1], n)
         m0 = data_prediction(sde, score_fn, x, t)
         x = multistep_update(sde, o, x, t, t_next, m0, (m1, m2, lam1, lam2))
+        x = constraints.project(constraint, sde, x, t_next, keys, i + 1)
         return (x, m0, m1, half_log_snr(sde, t), lam1), None
 
       carry = _scan(ms_body, carry, start, length)
@@ -277,8 +281,9 @@ def dpm_solver_solve(sde: SDE, score_fn: ScoreFn, x: Array, *, order: int, varia
 
     def ss_body(x, i, o=o, mids=mids):
       t, t_next = common.full_t(ts[i], n), common.full_t(ts[i + 1], n)
-      return singlestep_update(sde, score_fn, o, x, t, t_next,
-                               (common.full_t(mids[0][i], n), common.full_t(mids[1][i], n))), None
+      x = singlestep_update(sde, score_fn, o, x, t, t_next,
+                            (common.full_t(mids[0][i], n), common.full_t(mids[1][i], n)))
+      return constraints.project(constraint, sde, x, t_next, keys, i + 1), None
 
     x = _scan(ss_body, x, start, length)
   return x, sum(orders)
@@ -286,7 +291,7 @@ def dpm_solver_solve(sde: SDE, score_fn: ScoreFn, x: Array, *, order: int, varia
 
 def dpm_solver_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *, order: int,
                       variant: str, num_steps: int, skip_type: str, lower_order_final: bool,
-                      denoise: bool) -> tuple[Array, int]:
+                      denoise: bool, constraint: constraints.Constraint = None) -> tuple[Array, int]:
   """DPM-Solver++ (Lu et al. 2022b) on the probability-flow ODE from prior noise at T to eps.
 
   Args:
@@ -303,6 +308,7 @@ def dpm_solver_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[
     lower_order_final: lower orders at the last steps, see ``dpm_solver_orders``.
     denoise: one more evaluation for a final Tweedie step at eps.  Off by default as in
       DPM-Solver: the last step already lands at eps, where σ_eps ≈ 0.01 (VP).
+    constraint: known coordinates replaced after every step (``sampling.constraints``).
 
   Returns:
     samples [shape] and the number of score evaluations per sample.
@@ -310,11 +316,12 @@ def dpm_solver_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[
   n = shape[0]
   keys = common.per_sample_keys(key, n)
   x = sde.prior_std * common.normal(keys, shape, 0)  # [B, ...] from the prior
+  x = constraints.project(constraint, sde, x, common.full_t(sde.T, n), keys, 0)
   x, nfe = dpm_solver_solve(sde, score_fn, x, order=order, variant=variant, num_steps=num_steps,
-                            skip_type=skip_type, lower_order_final=lower_order_final)
+                            skip_type=skip_type, lower_order_final=lower_order_final, constraint=constraint, keys=keys)
   if denoise:
     x = steps.denoise(sde, score_fn, x, common.full_t(sde.eps, n))
-  return x, nfe + int(denoise)
+  return constraints.finalize(constraint, x), nfe + int(denoise)
 
 
 # --- DDIM ------------------------------------------------------------------------------------
@@ -352,7 +359,8 @@ def ddim_step(sde: SDE, score_fn: ScoreFn, x: Array, t: Array, t_next: Array, z:
 
 
 def ddim_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *, eta: float,
-                num_steps: int, skip_type: str, denoise: bool) -> tuple[Array, int]:
+                num_steps: int, skip_type: str, denoise: bool,
+                constraint: constraints.Constraint = None) -> tuple[Array, int]:
   """DDIM (Song et al. 2021a) with stochasticity η from prior noise at T to eps.
 
   Args:
@@ -365,6 +373,7 @@ def ddim_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, .
     skip_type: time grid, see ``time_grid``; "time_uniform" by default (DDIM's), with
       "logSNR" η = 0 reproduces DPM-Solver++(1) step for step.
     denoise: one more evaluation for a final Tweedie step at eps.
+    constraint: known coordinates (``sampling.constraints``), see ``run_chain``.
 
   Returns:
     samples [shape] and the number of score evaluations per sample.
@@ -372,33 +381,45 @@ def ddim_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, .
   def step(x, t, t_next, z):
     return ddim_step(sde, score_fn, x, t, t_next, z, eta)[0]
 
-  return run_chain(key, sde, score_fn, shape, step, num_steps=num_steps, skip_type=skip_type, denoise=denoise)
+  return run_chain(key, sde, score_fn, shape, step, num_steps=num_steps, skip_type=skip_type, denoise=denoise,
+                   constraint=constraint)
 
 
 def run_chain(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], step: Callable, *,
-              num_steps: int, skip_type: str, denoise: bool) -> tuple[Array, int]:
+              num_steps: int, skip_type: str, denoise: bool,
+              constraint: constraints.Constraint = None) -> tuple[Array, int]:
   """The driver of one-evaluation stochastic steps (DDIM, the exponential integrator).
 
   Starts from the prior, applies ``x ← step(x [B, ...], t [B], t_next [B], z [B, ...])`` over
   the ``time_grid`` with z from fold_in(fold_in(key, i), k) at step k, in one scan, and
-  optionally denoises at eps.
+  optionally denoises at eps.  A ``constraint`` replaces the known coordinates after every
+  step, repeating each ``constraint.resample`` times (``sampling.constraints``).
 
   Returns:
-    samples [shape] and num_steps + denoise, the score evaluations per sample.
+    samples [shape] and num_steps × resample + denoise, the score evaluations per sample.
   """
   n = shape[0]
   keys = common.per_sample_keys(key, n)
   ts = time_grid(sde, num_steps, skip_type)
   x = sde.prior_std * common.normal(keys, shape, 0)  # [B, ...] from the prior
+  x = constraints.project(constraint, sde, x, common.full_t(sde.T, n), keys, 0)
+  resample = 1 if constraint is None else constraint.resample
 
   def body(x, k):
     t, t_next = common.full_t(ts[k], n), common.full_t(ts[k + 1], n)
-    return step(x, t, t_next, common.normal(keys, shape, k + 1)), None
+
+    def one_step(x, r):
+      # Repetition r > 0 (RePaint) draws its noise from a key with r folded in.
+      rkeys = keys if isinstance(r, int) and r == 0 else jax.vmap(jax.random.fold_in, (0, None))(keys, r)
+      x = step(x, t, t_next, common.normal(rkeys, shape, k + 1))
+      return constraints.project(constraint, sde, x, t_next, keys, 1 + k * resample + r)
+
+    return constraints.repeat(constraint, sde, one_step, x, t, t_next, keys, k), None
 
   x, _ = jax.lax.scan(body, x, jnp.arange(num_steps))
   if denoise:
     x = steps.denoise(sde, score_fn, x, common.full_t(sde.eps, n))
-  return x, num_steps + int(denoise)
+  return constraints.finalize(constraint, x), num_steps * resample + int(denoise)
 
 
 # --- declarations ----------------------------------------------------------------------------
@@ -428,8 +449,8 @@ def _check_ddim(sde: SDE, opts) -> None:
 
 DPM_SOLVER_METHOD = options.Method(dpm_solver_sample, dict(
     order=2, variant="multistep", num_steps=20, skip_type="logSNR", lower_order_final=True, denoise=False),
-    _check_dpm_solver)
+    _check_dpm_solver, options.no_resampling("dpm_solver"))
 # DDIM's grid is uniform in time (its "linear" subsequence): measured on the 4-mode mixture,
 # first-order steps lose less on it than on the uniform-λ grid (mean error 0.05 vs 0.09 at 50 steps).
 DDIM_METHOD = options.Method(ddim_sample, dict(eta=0.0, num_steps=100, skip_type="time_uniform", denoise=False),
-                             _check_ddim)
+                             _check_ddim, options.any_constraint)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_jax.sampling import common, options
+from score_jax.sampling import common, constraints, options
 from score_jax.sde import SDE, ScoreFn, bcast
 
 Array = Any
@@ -80,7 +80,7 @@ def make_denoiser(sde: SDE, score_fn: ScoreFn) -> Denoiser:
 
 
 def edm_solve(denoiser: Denoiser, sde: SDE, y: Array, keys: jax.Array, *, sigmas: np.ndarray, gammas: np.ndarray,
-              s_noise: float) -> Array:
+              s_noise: float, constraint: constraints.Constraint = None) -> Array:
   """Runs the EDM steps from y = y_0 [B, ...] at σ_0 down to σ_N = 0.
 
   Args:
@@ -91,6 +91,9 @@ def edm_solve(denoiser: Denoiser, sde: SDE, y: Array, keys: jax.Array, *, sigmas
     sigmas: [N + 1] noise levels ending with 0 (``edm_sigmas``).
     gammas: [N] churn factors (``edm_gammas``); all zero makes the sampler deterministic.
     s_noise: S_noise, the std of the churn noise.
+    constraint: known coordinates (``sampling.constraints``), replaced in y at σ_{i+1} after
+      every step (the churn only raises their noise from σ_i to σ̂_i, exactly as the forward
+      process would) and set exactly at σ = 0.
 
   Returns:
     y at σ = 0 [B, ...]: samples of the data, 2N − 1 denoiser evaluations later.
@@ -117,16 +120,18 @@ def edm_solve(denoiser: Denoiser, sde: SDE, y: Array, keys: jax.Array, *, sigmas
     y_hat, d, y_next = euler(i, y)
     s_next = common.full_t(sigma_next[i], n)
     d_next = (y_next - denoiser(y_next, s_next, common.full_t(t_next[i], n))) / sigma_next[i]
-    return y_hat + (sigma_next[i] - sigma_hat[i]) * 0.5 * (d + d_next), None
+    y = y_hat + (sigma_next[i] - sigma_hat[i]) * 0.5 * (d + d_next)
+    return constraints.project_noise_level(constraint, y, s_next, keys, i + 1), None
 
   # Karras et al. 2022, Algorithm 2: Heun steps, then an Euler step to σ_N = 0.
+  y = constraints.project_noise_level(constraint, y, common.full_t(sigmas[0], n), keys, 0)
   y, _ = jax.lax.scan(heun, y, jnp.arange(num_steps - 1))
-  return euler(num_steps - 1, y)[2]
+  return constraints.finalize(constraint, euler(num_steps - 1, y)[2])
 
 
 def edm_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *, num_steps: int, rho: float,
                sigma_min: Optional[float], sigma_max: Optional[float], s_churn: float, s_min: float, s_max: float,
-               s_noise: float) -> tuple[Array, int]:
+               s_noise: float, constraint: constraints.Constraint = None) -> tuple[Array, int]:
   """Draws ``shape`` samples with the EDM sampler (Karras et al. 2022, Algorithm 2).
 
   Args:
@@ -138,6 +143,7 @@ def edm_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
     rho: ρ of the σ schedule (eq. 5).
     sigma_min, sigma_max: the schedule's ends; None means σ̃(eps) and σ̃(T).
     s_churn, s_min, s_max, s_noise: stochastic churn (S_churn = 0 turns it off).
+    constraint: known coordinates replaced after every step (``sampling.constraints``).
 
   Returns:
     samples [shape] and the number of score evaluations per sample, 2N − 1.
@@ -151,7 +157,8 @@ def edm_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
     # Data variance the prior assumes, in y: (p² − s(T)²)/m(T)² (see the module docstring).
     v = float((sde.prior_std**2 - sde.marginal_std(t_end) ** 2) / sde.mean_coeff(t_end) ** 2)
   y0 = math.sqrt(sigmas[0] ** 2 + max(v, 0.0)) * common.normal(keys, shape, 0)  # [B, ...]
-  y = edm_solve(make_denoiser(sde, score_fn), sde, y0, keys, sigmas=sigmas, gammas=gammas, s_noise=s_noise)
+  y = edm_solve(make_denoiser(sde, score_fn), sde, y0, keys, sigmas=sigmas, gammas=gammas, s_noise=s_noise,
+                constraint=constraint)
   return y, 2 * num_steps - 1  # x = m(0) y = y at σ = 0
 
 
@@ -182,4 +189,4 @@ def _check(sde: SDE, opts) -> None:
 
 EDM_METHOD = options.Method(edm_sample, dict(
     num_steps=18, rho=7.0, sigma_min=None, sigma_max=None, s_churn=0.0, s_min=0.0, s_max=math.inf, s_noise=1.0),
-                            _check)
+                            _check, options.no_resampling("edm"))

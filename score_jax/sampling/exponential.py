@@ -83,7 +83,7 @@ def exponential_step(sde: SDE, score: Array, x: Array, t: Array, t_next: Array, 
 
 
 def exponential_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *, num_steps: int,
-                       skip_type: str, denoise: bool) -> tuple[Array, int]:
+                       skip_type: str, denoise: bool, constraint=None) -> tuple[Array, int]:
   """Samples with the exponential integrator (Strasman et al. 2024) from the prior at T to eps.
 
   Args:
@@ -95,6 +95,7 @@ def exponential_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple
     skip_type: time grid ("time_uniform" default, "logSNR", "time_quadratic"; see
       ``dpm_solver.time_grid``).
     denoise: one more evaluation for a final Tweedie step at eps.
+    constraint: known coordinates (``sampling.constraints``), see ``dpm_solver.run_chain``.
 
   Returns:
     samples [shape] and the number of score evaluations per sample.
@@ -102,7 +103,8 @@ def exponential_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple
   def step(x, t, t_next, z):
     return exponential_step(sde, score_fn(x, t), x, t, t_next, z)[0]
 
-  return run_chain(key, sde, score_fn, shape, step, num_steps=num_steps, skip_type=skip_type, denoise=denoise)
+  return run_chain(key, sde, score_fn, shape, step, num_steps=num_steps, skip_type=skip_type, denoise=denoise,
+                   constraint=constraint)
 
 
 def _check(sde: SDE, opts) -> None:
@@ -112,4 +114,4 @@ def _check(sde: SDE, opts) -> None:
 
 
 EXPONENTIAL_METHOD = options.Method(exponential_sample, dict(num_steps=1000, skip_type="time_uniform", denoise=True),
-                                    _check)
+                                    _check, options.any_constraint)

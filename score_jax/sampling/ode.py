@@ -13,7 +13,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
-from score_jax.sampling import common, options, steps
+from score_jax.sampling import common, constraints, options, steps
 from score_jax.sde import SDE, ScoreFn
 
 Array = Any
@@ -28,11 +28,14 @@ SOLVERS = {
 
 def ode_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *, solver: str, rtol: float,
                atol: float, num_steps: int, max_steps: int, pcoeff: float, icoeff: float, dcoeff: float,
-               denoise: bool) -> tuple[Array, Array]:
+               denoise: bool, constraint: constraints.Constraint = None) -> tuple[Array, Array]:
   """Integrates the probability-flow ODE from prior noise at T down to eps.
 
   ``solver`` "tsit5" / "dopri5" use a PID step-size controller with ``rtol``/``atol``;
-  "heun" takes ``num_steps`` fixed steps (2 NFE each).
+  "heun" takes ``num_steps`` fixed steps (2 NFE each).  A ``constraint`` (heun only: an
+  adaptive solver's step control cannot see a state that changes between its steps)
+  replaces the known coordinates after every step, the steps being diffrax's Heun steps
+  run one by one (``sampling.constraints``).
 
   Returns:
     samples [shape] and the number of score evaluations (a scalar array).
@@ -47,6 +50,11 @@ def ode_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
     return drift(x, common.full_t(t, n))
 
   solver_cls, nfe_per_step, nfe_start = SOLVERS[solver]
+  if constraint is not None:
+    x = _heun_with_constraint(sde, vector_field, x_T, keys, num_steps, constraint)
+    if denoise:
+      x = steps.denoise(sde, score_fn, x, common.full_t(sde.eps, n))
+    return constraints.finalize(constraint, x), jnp.asarray(2 * num_steps + int(denoise), jnp.int32)
   if solver == "heun":
     controller, dt0 = diffrax.ConstantStepSize(), -(sde.T - sde.eps) / num_steps
   else:
@@ -62,6 +70,29 @@ def ode_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
   return x, jnp.asarray(nfe, jnp.int32) + int(denoise)
 
 
+def _heun_with_constraint(sde: SDE, vector_field, x: Array, keys: jax.Array, num_steps: int,
+                          constraint: constraints.Replacement) -> Array:
+  """``num_steps`` diffrax Heun steps from T to eps, replacing the known coordinates after each."""
+  n = x.shape[0]
+  term, heun = diffrax.ODETerm(vector_field), diffrax.Heun()
+  ts = common.time_grid(sde.T, sde.eps, num_steps)
+  x = constraints.project(constraint, sde, x, common.full_t(sde.T, n), keys, 0)
+
+  def body(x, i):
+    x = heun.step(term, ts[i], ts[i + 1], x, None, None, False)[0]
+    return constraints.project(constraint, sde, x, common.full_t(ts[i + 1], n), keys, i + 1), None
+
+  return jax.lax.scan(body, x, jnp.arange(num_steps))[0]
+
+
+def _check_constraint(sde: SDE, opts, constraint) -> None:
+  options.no_resampling("ode")(sde, opts, constraint)
+  options.require(opts["solver"] == "heun",
+                  f"sampling option solver={opts['solver']!r} is adaptive and cannot impose known coordinates "
+                  "(constraint): its error control never sees the replaced state; use solver='heun' with "
+                  "num_steps, or another method.")
+
+
 def _check(sde: SDE, opts) -> None:
   del sde
   options.choice(opts, "solver", SOLVERS)
@@ -72,4 +103,4 @@ def _check(sde: SDE, opts) -> None:
 
 ODE_METHOD = options.Method(ode_sample, dict(
     solver="tsit5", rtol=1e-5, atol=1e-5, num_steps=100, max_steps=16384, pcoeff=0.0, icoeff=1.0, dcoeff=0.0,
-    denoise=True), _check)
+    denoise=True), _check, _check_constraint)

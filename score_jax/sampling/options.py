@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from score_jax.sde import SDE
 
@@ -41,14 +41,38 @@ def sde_kind(sde: SDE, method: str, kinds: tuple[str, ...]) -> None:
   require(sde.name in kinds, f"sampling method {method!r} needs an SDE of kind {list(kinds)}, got {sde.name!r}.")
 
 
+def no_resampling(method: str):
+  """A ``check_constraint`` for samplers that replace known coordinates after every step but
+  cannot repeat a step (RePaint's resampling needs a Markov chain over a fixed time grid)."""
+
+  def check(sde: SDE, opts: Mapping[str, Any], constraint) -> None:
+    del sde, opts
+    require(constraint.resample == 1,
+            f"constraint resample={constraint.resample}: sampling method {method!r} cannot repeat its steps; "
+            "use resample=1, or method 'pc', 'ddim' or 'exponential' for RePaint-style resampling.")
+
+  return check
+
+
+def any_constraint(sde: SDE, opts: Mapping[str, Any], constraint) -> None:
+  """A ``check_constraint`` for samplers that take every constraint, resampling included."""
+  del sde, opts, constraint
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
   """A sampler: ``run(key, sde, score_fn, shape, **options) -> (x, nfe)``, its default options
-  and ``check(sde, options)``, which runs before compilation."""
+  and ``check(sde, options)``, which runs before compilation.
+
+  ``check_constraint(sde, options, constraint)`` is set for samplers that impose known
+  coordinates (``sampling.constraints``); it raises ValueError for a combination the sampler
+  cannot do.  Such a sampler's ``run`` takes a ``constraint`` keyword.  None: no constraints.
+  """
 
   run: Callable
   defaults: Mapping[str, Any]
   check: Callable[[SDE, Mapping[str, Any]], None]
+  check_constraint: Optional[Callable[[SDE, Mapping[str, Any], Any], None]] = None
 
   def __post_init__(self):
     object.__setattr__(self, "defaults", types.MappingProxyType(dict(self.defaults)))
