@@ -30,11 +30,13 @@ sys.path.insert(0, ROOT)
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from score_jax import checkpointing  # pylint: disable=g-import-not-at-top
 from score_jax import class_guidance  # pylint: disable=g-import-not-at-top
 from score_jax import evaluate  # pylint: disable=g-import-not-at-top
 from score_jax import experiment  # pylint: disable=g-import-not-at-top
 from score_jax import outputs  # pylint: disable=g-import-not-at-top
 from score_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
+from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
 from score_jax.data import embedded  # pylint: disable=g-import-not-at-top
 
 # (row name, config.guidance fields) of the classifier-guidance table on the unconditional model.
@@ -60,10 +62,15 @@ def parse_args() -> argparse.Namespace:
   p.add_argument("--cfg_config", default="configs/ve/digits_cond.py", help="the class-conditional model's config")
   p.add_argument("--cfg_workdir", default="", help="its run; empty: skip the CFG table")
   p.add_argument("--cfg_step", type=int, default=None, help="its checkpoint step (default: the latest)")
+  p.add_argument("--params", choices=("ema", "raw"), default="ema",
+                 help="the checkpoints' EMA parameters, or the raw ones (early checkpoints: the EMA of rate r "
+                 "still holds r^step of the initialization)")
   p.add_argument("--classifier_dir", default="", help="the in-domain classifier (default <workdir>/classifier)")
   p.add_argument("--num_samples", type=int, default=200)
-  p.add_argument("--pc_steps", type=int, default=200, help="PC sampler steps (predictor + one corrector each)")
-  p.add_argument("--rows", default="", help="comma-separated indices of CLASSIFIER_ROWS to run (default: all)")
+  p.add_argument("--pc_steps", type=int, default=200, help="PC sampler steps")
+  p.add_argument("--corrector", default="langevin", help="PC corrector ('none': reverse diffusion alone)")
+  p.add_argument("--rows", default="", help="comma-separated indices of CLASSIFIER_ROWS to run (default: all; "
+                 "'none': only the CFG table)")
   p.add_argument("--out", required=True, help="results go into a new numbered folder under this one")
   p.add_argument("--markdown", action="store_true")
   return p.parse_args()
@@ -75,6 +82,7 @@ def _config(path: str, args: argparse.Namespace, classifier_dir: str):
   spec.loader.exec_module(module)
   config = module.get_config()
   config.sampling.pc.num_steps = args.pc_steps
+  config.sampling.pc.corrector = args.corrector
   config.eval.classifier_dir = classifier_dir
   return config
 
@@ -107,7 +115,7 @@ class Scorer:
 
 
 def run_rows(config, workdir: str, step: Optional[int], rows, scorer: Scorer, out: str, prefix: str,
-             key: jax.Array) -> list[dict[str, Any]]:
+             key: jax.Array, which: str = "ema") -> list[dict[str, Any]]:
   """Samples and scores every (name, guidance fields) row with the same keys."""
   results = []
   base = experiment.build(config)
@@ -115,6 +123,10 @@ def run_rows(config, workdir: str, step: Optional[int], rows, scorer: Scorer, ou
   if found is None:
     raise FileNotFoundError(f"no checkpoint{'' if step is None else f' of step {step}'} in {workdir}")
   step, params = found
+  if which == "raw":
+    repl = sharding_lib.replicated(base.mesh)
+    with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
+      params = ckpt.restore(experiment.abstract_state(base, experiment.keys(base.seed)["init"], repl), step=step).params
   for i, (name, fields) in enumerate(rows):
     config.guidance.update(fields)
     setup = experiment.build(config)
@@ -125,7 +137,7 @@ def run_rows(config, workdir: str, step: Optional[int], rows, scorer: Scorer, ou
     draw = sample_lib.make_sampler(setup, n, guide=guide)
     x, nfe = draw(params if guide is None else guide.sampler_params(params), key)
     seconds = time.perf_counter() - t0
-    record = {"row": name, "guidance": fields, "step": step, "nfe": nfe, "sample_time_s": seconds,
+    record = {"row": name, "guidance": fields, "step": step, "params": which, "nfe": nfe, "sample_time_s": seconds,
               **scorer.samples(x, labels)}
     outputs.save_image_grid(os.path.join(out, f"{prefix}{i}.png"), x, data_range=setup.data.data_range,
                             ncol=scorer.data.num_classes, scale=8)
@@ -136,11 +148,11 @@ def run_rows(config, workdir: str, step: Optional[int], rows, scorer: Scorer, ou
 
 
 def table(results: list[dict[str, Any]], markdown: bool) -> str:
-  head = ("setting", "requested-class accuracy", "in-domain FID", "samples", "NFE", "time (s)")
+  head = ("setting", "requested-class accuracy", "in-domain FID", "samples", "NFE")
   lines = []
   for r in results:
     cells = (r["row"], f"{100 * r['accuracy']:.1f} %", f"{r['fid']:.2f}", str(r["num_images"]),
-             str(r.get("nfe", "–")), f"{r['sample_time_s']:.0f}" if "sample_time_s" in r else "–")
+             str(r.get("nfe", "–")))
     lines.append(cells)
   if markdown:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
@@ -159,19 +171,22 @@ def main() -> None:
   key = jax.random.key(2026)
   real = dict(row=f"real held-out digits ({scorer.data.eval_split} split)", **scorer.held_out())
   print(f"{real['row']}: accuracy {100 * real['accuracy']:.1f} %, FID {real['fid']:.2f}", flush=True)
-  picked = [int(i) for i in args.rows.split(",")] if args.rows else range(len(CLASSIFIER_ROWS))
+  picked = ([] if args.rows == "none" else [int(i) for i in args.rows.split(",")] if args.rows
+            else range(len(CLASSIFIER_ROWS)))
   rows = [CLASSIFIER_ROWS[i] for i in picked]
   results = {"settings": vars(args), "real": real,
-             "classifier_guidance": run_rows(config, args.workdir, args.step, rows, scorer, out, "classifier", key)}
+             "classifier_guidance": run_rows(config, args.workdir, args.step, rows, scorer, out, "classifier", key,
+                                                    args.params)}
   if args.cfg_workdir:
     cfg_config = _config(args.cfg_config, args, classifier_dir)
     cfg_config.sampling.num_samples = args.num_samples
     cfg_rows = [(f"CFG w={w:g}", dict(kind="cfg", w=w)) for w in CFG_WEIGHTS]
-    results["cfg"] = run_rows(cfg_config, args.cfg_workdir, args.cfg_step, cfg_rows, scorer, out, "cfg", key)
+    results["cfg"] = run_rows(cfg_config, args.cfg_workdir, args.cfg_step, cfg_rows, scorer, out, "cfg", key, args.params)
   outputs.write_json(os.path.join(out, "results.json"), results)
-  print(f"\nClassifier guidance ({args.workdir}, step {results['classifier_guidance'][0]['step']}; PC "
-        f"{args.pc_steps} steps, {args.num_samples} samples):")
-  print(table([real] + results["classifier_guidance"], args.markdown))
+  if results["classifier_guidance"]:
+    print(f"\nClassifier guidance ({args.workdir}, step {results['classifier_guidance'][0]['step']}, {args.params} parameters; PC "
+          f"{args.pc_steps} steps, corrector {args.corrector}, {args.num_samples} samples):")
+    print(table([real] + results["classifier_guidance"], args.markdown))
   if "cfg" in results:
     print(f"\nClassifier-free guidance ({args.cfg_workdir}, step {results['cfg'][0]['step']}):")
     print(table([real] + results["cfg"], args.markdown))

@@ -63,6 +63,9 @@ DEFAULTS: dict[str, Any] = dict(
 )
 _STRATEGY_FIELDS = ("strategy", "scale", "scale_start", "scale_end", "sigma_min", "sigma_max", "sigma_lo", "sigma_hi",
                     "ratio", "sigma_classifier_max")
+# The fields each strategy reads (recorded in metrics.json); sigma_classifier_max applies to all.
+_USED_FIELDS = {"constant": ("scale",), "linear": ("scale_start", "scale_end", "sigma_min", "sigma_max"),
+                "truncated": ("scale", "sigma_lo", "sigma_hi"), "norm_ratio": ("ratio",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +178,8 @@ def build_guide(config: ConfigDict, setup: experiment.Setup, workdir: str) -> Op
 
     return guidance_lib.classifier_guidance(setup.score_fn(params, None), log_prob_fn, y, sde=sde, guidance=strategy)
 
-  options = {"kind": kind, **{k: v for k, v in fields.items() if v is not None}, "labels": labels.tolist(),
+  used = ("strategy", *_USED_FIELDS[strategy.strategy], "sigma_classifier_max")
+  options = {"kind": kind, **{k: fields[k] for k in used if fields[k] is not None}, "labels": labels.tolist(),
              "classifier_dir": path}
   return Guide("classifier", labels, num_classes, classifier.params, make_classifier, options)
 
