@@ -55,15 +55,20 @@ def test_guided_score_is_score_plus_lambda_times_classifier_gradient(run):
   np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(want)(x)), rtol=1e-5, atol=1e-5)
 
 
-def test_cfg_at_w_0_draws_the_conditional_samples():
-  config = _config("configs/ve/digits_cond.py", kind="cfg", w=0.0)
+@pytest.mark.parametrize("w", [0.0, 2.0])
+def test_cfg_score_is_the_conditional_score_pushed_away_from_the_null_label(w):
+  """(1 + w) s(x, t, y) − w s(x, t, ∅) with y = index mod 10; at w = 0 the conditional score itself."""
+  config = _config("configs/ve/digits_cond.py", kind="cfg", w=w)
   setup = experiment.build(config)
   guide = class_guidance.build_guide(config, setup, "unused")
   params = experiment.init_params(setup, jax.random.key(1))
-  key = jax.random.key(2)
-  plain, _ = sample_lib.make_sampler(setup, 12)(params, key)  # labels j mod 10
-  guided, _ = sample_lib.make_sampler(setup, 12, guide=guide)(guide.sampler_params(params), key)
-  np.testing.assert_allclose(guided, plain, rtol=1e-4, atol=1e-4)
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), params)
+  x, t = jax.random.normal(jax.random.key(0), (3,) + setup.data_shape), jnp.full(3, 0.4)
+  got = jax.jit(lambda x: guide(guide.sampler_params(params), jnp.array([2, 11, 9]))(x, t))(x)
+  cond = setup.score_fn(params, jnp.array([2, 1, 9]))(x, t)
+  null = setup.score_fn(params, jnp.full(3, 10))(x, t)
+  np.testing.assert_allclose(np.asarray(got), np.asarray((1 + w) * cond - w * null), rtol=1e-4, atol=1e-4)
+  assert float(jnp.max(jnp.abs(cond - null))) > 1e-3  # the labels matter, so the check can fail
   assert guide.sample_labels(12).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
 
 
