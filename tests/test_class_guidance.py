@@ -65,8 +65,8 @@ def test_cfg_score_is_the_conditional_score_pushed_away_from_the_null_label(w):
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), params)
   x, t = jax.random.normal(jax.random.key(0), (3,) + setup.data_shape), jnp.full(3, 0.4)
   got = jax.jit(lambda x: guide(guide.sampler_params(params), jnp.array([2, 11, 9]))(x, t))(x)
-  cond = setup.score_fn(params, jnp.array([2, 1, 9]))(x, t)
-  null = setup.score_fn(params, jnp.full(3, 10))(x, t)
+  score = jax.jit(lambda x, labels: setup.score_fn(params, labels)(x, t))
+  cond, null = score(x, jnp.array([2, 1, 9])), score(x, jnp.full(3, 10))
   np.testing.assert_allclose(np.asarray(got), np.asarray((1 + w) * cond - w * null), rtol=1e-4, atol=1e-4)
   assert float(jnp.max(jnp.abs(cond - null))) > 1e-3  # the labels matter, so the check can fail
   assert guide.sample_labels(12).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]

@@ -67,7 +67,7 @@ def test_accuracy_by_band_matches_the_closed_form():
                                          num_bands=4, repeats=5, num_classes=2, batch_size=128)
   edges = np.linspace(sde.eps, 1.0, 5)
   for r, lo, hi in zip(records, edges[:-1], edges[1:]):
-    std = lambda t: float(sde.marginal_std(jnp.float64(t)))
+    std = lambda t: float(sde.marginal_std(jnp.float32(t)))
     exact = integrate.quad(lambda t: stats.norm.cdf(math.sqrt(d) / std(t)), lo, hi)[0] / (hi - lo)
     sem = math.sqrt(max(exact * (1 - exact), 1e-4) / r["num_examples"])
     assert r["t_lo"] == pytest.approx(lo) and r["t_hi"] == pytest.approx(hi)
