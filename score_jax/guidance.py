@@ -328,7 +328,7 @@ def posterior_guidance(score_fn: ScoreFn, sde: SDE, values: Array, mask: Array, 
     mask_u = jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape)
     y_u = decouple(jnp.asarray(values, x.dtype))
 
-    def denoised(x):
+    def denoised(x, t=t):
       score = score_fn(x, t)
       return sde.tweedie_denoise(x, t, score), score
 
@@ -339,26 +339,28 @@ def posterior_guidance(score_fn: ScoreFn, sde: SDE, values: Array, mask: Array, 
       r2 = data_variance * sigma2 / (data_variance + sigma2)  # [B]
       grad = vjp(couple(resid / bcast(r2, x)))[0]
     else:
-      grad = _tweedie_grad(denoised, x, t, m, s, mask_u, resid, couple, decouple)
+      grad = _tweedie_grad(denoised, x, t, m, s, mask_u, resid, decouple)
     return score + scale * grad
 
   return guided
 
 
-def _tweedie_grad(denoised, x, t, m, s, mask_u, resid, couple, decouple):
+def _tweedie_grad(denoised, x, t, m, s, mask_u, resid, decouple):
   """Jᵀ Aᵀ (A C Aᵀ)⁻¹ (y − A x̂_0) per example, C = (s²/m) J, J = ∂x̂_0/∂x (flattened)."""
   d = math.prod(x.shape[1:])
+  eye = jnp.eye(d, dtype=x.dtype)
+  to_u = jax.vmap(lambda e: decouple(e.reshape(x.shape[1:])).reshape(-1))(eye)  # [D, D], row i = decouple(e_i)
 
   def one(xi, ti, mi, si, maski, residi):
-    f = lambda v: decouple(denoised(v.reshape((1,) + x.shape[1:]))[0])[0].reshape(-1)  # u-space x̂_0 [D]
+    def f(v):  # u-space x̂_0 [D] of one example
+      return decouple(denoised(v.reshape((1,) + x.shape[1:]), ti[None])[0])[0].reshape(-1)
+
     ju = jax.jacfwd(f)(xi.reshape(-1))  # [D, D]: ∂û_0/∂x
-    # x = to_u u with to_u's row i = decouple(e_i), so ∂û_0/∂u = ju @ to_u, and by the
-    # second-order Tweedie formula (u(t) is the same linear SDE) Cov[u(0) | x(t)] = (s²/m) ∂û_0/∂u.
-    eye = jnp.eye(d, dtype=x.dtype)
-    to_u = jax.vmap(lambda e: decouple(e.reshape(x.shape[1:])).reshape(-1))(eye)  # [D, D]
+    # As column vectors x = to_u u, so ∂û_0/∂u = ju @ to_u; by the second-order Tweedie
+    # formula (u(t) follows the same linear SDE) Cov[u(0) | x(t)] = (s²/m) ∂û_0/∂u.
     cov_u = (si**2 / mi) * ju @ to_u
     k = maski.reshape(-1)
-    c = cov_u * k[:, None] * k[None, :] + jnp.diag(1.0 - k)  # known block, identity elsewhere
+    c = cov_u * k[:, None] * k[None, :] + jnp.diag(1.0 - k)  # the known block, identity elsewhere
     sol = jnp.linalg.solve(0.5 * (c + c.T), residi.reshape(-1) * k)
     return (ju.T @ sol).reshape(x.shape[1:])
 
