@@ -33,8 +33,11 @@ MODES = {
     "eval": ("score_jax.evaluate:evaluate",
              "held-out loss, bits/dim, FID / KID / IS / precision-recall of checkpoints (config.eval)"),
     "fid_stats": ("score_jax.evaluate:fid_stats", "cache the real data's feature statistics for FID"),
-    "train_classifier": ("score_jax.evaluate:train_classifier",
-                         "train the in-domain feature classifier of an embedded dataset"),
+    "train_classifier": ("score_jax.classifiers:train_classifier",
+                         "train the in-domain feature classifier of an embedded dataset (offline FID features)"),
+    "train_noisy_classifier": ("score_jax.classifiers:train_noisy_classifier",
+                               "train the noise-conditional classifier p_t(y | x(t)) of classifier guidance "
+                               "(config.noisy_classifier)"),
     "inpaint": ("score_jax.controllable:inpaint",
                 "fill masked regions of input images with the EMA model (config.controllable) into <workdir>/inpaint/<k>"),
     "colorize": ("score_jax.controllable:colorize",

@@ -136,6 +136,34 @@ def base_config() -> ml_collections.ConfigDict:
   ev.pr_k = 3
   ev.real_features_max = 10_000  # real rows kept for KID / precision-recall
   ev.reference = True  # real held-out data and noise scored once into eval/reference.json
+
+  # The noise-conditional classifier p_t(y | x(t)) of classifier guidance
+  # (--mode=train_noisy_classifier; score_jax/classifiers.py documents each field).
+  config.noisy_classifier = nc = ml_collections.ConfigDict()
+  nc.model = "wideresnet"  # score_sde's CIFAR-10 classifier, WRN-28-10; "cnn" for the embedded data
+  nc.network = ml_collections.ConfigDict(dict(depth=28, width=10))
+  nc.num_steps = 100_000
+  nc.batch_size = 128
+  nc.lr = 2e-4
+  nc.max_shift = 0
+  nc.dir = ""  # default <workdir>/noisy_classifier
+  nc.num_bands = 10
+  nc.band_repeats = 1
+
+  # Class-guided --mode=sample (score_jax/class_guidance.py documents each field): kind "none",
+  # "classifier" (the noise-conditional classifier above) or "cfg" (classifier-free guidance).
+  config.guidance = g = ml_collections.ConfigDict()
+  g.kind = "none"
+  g.labels = ()  # requested classes, cycled over the samples; empty: 0 … K−1
+  g.strategy = "constant"  # constant | linear | truncated | norm_ratio (the report's §5.3, and ours)
+  g.scale = 1.0
+  g.scale_start, g.scale_end = 500.0, 400.0
+  g.sigma_min = config_dict.placeholder(float)
+  g.sigma_max = config_dict.placeholder(float)
+  g.sigma_lo, g.sigma_hi = 0.0, float("inf")
+  g.ratio = 1.0
+  g.sigma_classifier_max = config_dict.placeholder(float)
+  g.w = 1.0
   return config
 
 
@@ -174,6 +202,10 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   ev.bpd_rtol = ev.bpd_atol = 1e-2
   ev.num_samples = ev.sample_batch_size = 32
   ev.classifier.update(dict(widths=(8, 16), feature_dim=16, num_steps=200, batch_size=32))
+  nc = config.noisy_classifier
+  nc.model = "cnn"
+  nc.network = ml_collections.ConfigDict(dict(widths=(8, 16), hidden_dim=16, embedding_dim=8))
+  nc.num_steps, nc.batch_size, nc.num_bands, nc.band_repeats = 20, 16, 3, 1
   ev.kid_subsets = 10
   ev.poll_seconds = 5.0
 

@@ -51,6 +51,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from score_jax import classifiers
 from score_jax import evaluate
 from score_jax import experiment
 from score_jax import outputs
@@ -385,9 +386,9 @@ def classifier_accuracy(config: ConfigDict, workdir: str, data: experiment.Image
   """
   if labels is None:
     return {"classifier_accuracy": None, "classifier_note": "inputs from a folder have no labels"}
-  path = evaluate.classifier_dir(config, workdir)
+  path = classifiers.classifier_dir(config, workdir)
   try:
-    model, params, _ = evaluate.load_classifier(path, data)
+    model, params, _ = classifiers.load_classifier(path, data)
   except (FileNotFoundError, experiment.ConfigError) as e:
     return {"classifier_accuracy": None, "classifier_note": str(e)}
   apply = jax.jit(lambda u: model.apply({"params": params}, u)["logits"])

@@ -1,5 +1,6 @@
-"""Evaluation of a training run from its checkpoints: ``--mode=eval``, ``--mode=fid_stats`` and
-``--mode=train_classifier``.
+"""Evaluation of a training run from its checkpoints: ``--mode=eval`` and ``--mode=fid_stats``
+(the in-domain classifier they may need comes from ``--mode=train_classifier``,
+``score_jax.classifiers``).
 
     python main.py --config=configs/ve/digits.py --workdir=runs/digits_ve --mode=train_classifier
     python main.py --config=configs/ve/digits.py --workdir=runs/digits_ve --mode=fid_stats
@@ -21,7 +22,7 @@ parameters and computes, each part switched off by a zero count:
   (k-NN manifolds), and a grid of the first 64 samples.
 
 Features (``config.eval.features``): "classifier", the project's small CNN trained on the
-embedded dataset by ``train_classifier`` (in-domain FID, offline), or "inception", the FID
+embedded dataset by ``classifiers.train_classifier`` (in-domain FID, offline), or "inception", the FID
 Inception-v3 from a local weights file (``config.eval.inception_path``).  Both see the same
 pictures: real images as their stored integer levels, samples quantized to those levels.
 Real-data statistics are computed once per extractor and split and cached (``fid_stats``).
@@ -47,7 +48,7 @@ steps already in results.jsonl, so it neither repeats nor duplicates them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import json
 import math
 import os
@@ -59,10 +60,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import traverse_util
 
 from score_jax import checkpointing
+from score_jax import classifiers
 from score_jax import experiment
 from score_jax import likelihood
 from score_jax import outputs
@@ -70,7 +70,6 @@ from score_jax import sample as sample_lib
 from score_jax.data import embedded
 from score_jax.metrics import fid as fid_lib
 from score_jax.metrics import inception as inception_lib
-from score_jax.models.classifier import Classifier
 
 Array = Any
 ConfigDict = ml_collections.ConfigDict
@@ -78,8 +77,6 @@ ConfigError = experiment.ConfigError
 check = experiment.check
 
 EXTRACTORS = ("classifier", "inception")
-CLASSIFIER_PARAMS = "params.npz"
-CLASSIFIER_INFO = "info.json"
 GRID_SIZE = 64  # samples in the picture of each evaluated step
 
 # What ``config.eval`` holds; configs/common.py sets the same fields (configs without an
@@ -102,7 +99,7 @@ DEFAULTS: dict[str, Any] = dict(
     features="inception",  # "classifier" (embedded data) or "inception"
     inception_path="",  # the .npz of score_jax.metrics.convert_inception
     classifier_dir="",  # default <workdir>/classifier
-    classifier=dict(widths=(32, 64), feature_dim=128, num_steps=2000, batch_size=128, lr=1e-3, max_shift=1),
+    classifier=classifiers.CLASSIFIER_DEFAULTS,  # the in-domain CNN and its training
     kid_subsets=100,
     kid_subset_size=1000,
     is_splits=10,
@@ -113,19 +110,6 @@ DEFAULTS: dict[str, Any] = dict(
 
 
 # --- options ------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ClassifierOptions:
-  """``config.eval.classifier``: the network's widths and feature_dim, and its Adam training
-  (``max_shift``: random translations of up to that many pixels, edges repeated)."""
-
-  widths: tuple[int, ...]
-  feature_dim: int
-  num_steps: int
-  batch_size: int
-  lr: float
-  max_shift: int
-
-
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
   """``config.eval``, validated (``DEFAULTS`` documents each field)."""
@@ -147,7 +131,7 @@ class EvalOptions:
   features: str
   inception_path: str
   classifier_dir: str
-  classifier: ClassifierOptions
+  classifier: classifiers.ClassifierOptions
   kid_subsets: int
   kid_subset_size: int
   is_splits: int
@@ -156,27 +140,12 @@ class EvalOptions:
   reference: bool
 
 
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _int_field(section: dict, name: str, low: int, prefix: str = "config.eval") -> int:
-  value = section[name]
-  check(experiment.is_int(value) and value >= low, f"{prefix}.{name}", f"must be an integer >= {low}, got {value!r}.")
-  return int(value)
 
 
-def _positive(section: dict, name: str, prefix: str = "config.eval") -> float:
-  value = section[name]
-  check(_is_number(value) and value > 0, f"{prefix}.{name}", f"must be a number > 0, got {value!r}.")
-  return float(value)
 
 
-def _merge(defaults: dict, given: dict, prefix: str) -> dict:
-  unknown = sorted(set(given) - set(defaults))
-  check(not unknown, f"{prefix}.{unknown[0] if unknown else ''}",
-        f"unknown field; {prefix} takes {sorted(defaults)}.")
-  return {**defaults, **given}
 
 
 def eval_options(config: ConfigDict) -> EvalOptions:
@@ -185,8 +154,7 @@ def eval_options(config: ConfigDict) -> EvalOptions:
   Raises:
     ConfigError: a bad or unknown field, named in the message.
   """
-  e = _merge(DEFAULTS, experiment.as_dict(config.get("eval")), "config.eval")
-  c = _merge(DEFAULTS["classifier"], experiment.as_dict(e["classifier"]), "config.eval.classifier")
+  e = experiment.merge_defaults(DEFAULTS, experiment.as_dict(config.get("eval")), "config.eval")
   check(e["features"] in EXTRACTORS, "config.eval.features",
         f"unknown extractor {e['features']!r}; choose one of {list(EXTRACTORS)}.")
   steps = {}
@@ -200,7 +168,7 @@ def eval_options(config: ConfigDict) -> EvalOptions:
         f"{begin} is after config.eval.end_step={end}; swap them, or set end_step=0 for the latest.")
   check(isinstance(e["wait"], bool), "config.eval.wait", f"must be True or False, got {e['wait']!r}.")
   timeout = e["wait_timeout_seconds"]
-  check(timeout is None or (_is_number(timeout) and timeout > 0), "config.eval.wait_timeout_seconds",
+  check(timeout is None or (experiment.is_number(timeout) and timeout > 0), "config.eval.wait_timeout_seconds",
         f"must be None (wait until end_step) or a number > 0, got {timeout!r}.")
   bpd_n = e["bpd_num_examples"]
   check(bpd_n is None or (experiment.is_int(bpd_n) and bpd_n >= 0), "config.eval.bpd_num_examples",
@@ -210,193 +178,27 @@ def eval_options(config: ConfigDict) -> EvalOptions:
   for name in ("inception_path", "classifier_dir"):
     check(isinstance(e[name], str), f"config.eval.{name}", f"must be a path string, got {e[name]!r}.")
   check(isinstance(e["reference"], bool), "config.eval.reference", f"must be True or False, got {e['reference']!r}.")
-  widths = c["widths"]
-  check(isinstance(widths, (tuple, list)) and len(widths) >= 1 and all(experiment.is_int(w) and w >= 1 for w in widths),
-        "config.eval.classifier.widths", f"must be a non-empty tuple of integers >= 1, got {widths!r}.")
-  classifier = ClassifierOptions(
-      widths=tuple(int(w) for w in widths), feature_dim=_int_field(c, "feature_dim", 1, "config.eval.classifier"),
-      num_steps=_int_field(c, "num_steps", 1, "config.eval.classifier"),
-      batch_size=_int_field(c, "batch_size", 1, "config.eval.classifier"),
-      lr=_positive(c, "lr", "config.eval.classifier"), max_shift=_int_field(c, "max_shift", 0, "config.eval.classifier"))
+  integer = functools.partial(experiment.int_field, e, prefix="config.eval")
+  positive = functools.partial(experiment.positive_field, e, prefix="config.eval")
   return EvalOptions(
-      begin_step=begin, end_step=end, wait=e["wait"], poll_seconds=_positive(e, "poll_seconds"),
-      wait_timeout_seconds=None if timeout is None else float(timeout), batch_size=_int_field(e, "batch_size", 1),
-      num_loss_batches=_int_field(e, "num_loss_batches", 0), bpd_num_examples=None if bpd_n is None else int(bpd_n),
-      bpd_num_repeats=_int_field(e, "bpd_num_repeats", 1), bpd_rtol=_positive(e, "bpd_rtol"),
-      bpd_atol=_positive(e, "bpd_atol"), bpd_divergence=e["bpd_divergence"],
-      num_samples=_int_field(e, "num_samples", 0), sample_batch_size=_int_field(e, "sample_batch_size", 1),
-      features=e["features"], inception_path=e["inception_path"], classifier_dir=e["classifier_dir"],
-      classifier=classifier, kid_subsets=_int_field(e, "kid_subsets", 1),
-      kid_subset_size=_int_field(e, "kid_subset_size", 2), is_splits=_int_field(e, "is_splits", 1),
-      pr_k=_int_field(e, "pr_k", 1), real_features_max=_int_field(e, "real_features_max", 2),
+      begin_step=begin, end_step=end, wait=e["wait"], poll_seconds=positive("poll_seconds"),
+      wait_timeout_seconds=None if timeout is None else float(timeout), batch_size=integer("batch_size", 1),
+      num_loss_batches=integer("num_loss_batches", 0), bpd_num_examples=None if bpd_n is None else int(bpd_n),
+      bpd_num_repeats=integer("bpd_num_repeats", 1), bpd_rtol=positive("bpd_rtol"), bpd_atol=positive("bpd_atol"),
+      bpd_divergence=e["bpd_divergence"], num_samples=integer("num_samples", 0),
+      sample_batch_size=integer("sample_batch_size", 1), features=e["features"], inception_path=e["inception_path"],
+      classifier_dir=e["classifier_dir"], classifier=classifiers.classifier_options(e["classifier"]),
+      kid_subsets=integer("kid_subsets", 1), kid_subset_size=integer("kid_subset_size", 2),
+      is_splits=integer("is_splits", 1), pr_k=integer("pr_k", 1), real_features_max=integer("real_features_max", 2),
       reference=e["reference"])
-
-
-def _image_data(config: ConfigDict, what: str) -> experiment.ImageData:
-  data = experiment.build_data(config)
-  check(isinstance(data, experiment.ImageData), "config.data.kind",
-        f"{what} needs image data; toy targets (kind 'toy') have no images to extract features from.")
-  return data
 
 
 def _main_process() -> bool:
   return jax.process_index() == 0
 
 
-def _file_digest(path: str) -> str:
-  """First 16 hex digits of the SHA-256 of a file: which weights made a set of features."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return digest.hexdigest()[:16]
 
 
-def _batched(fn: Callable[[Array], dict[str, Array]], images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-  """``fn`` over fixed-size batches of ``images`` (the last one padded), outputs concatenated."""
-  parts: dict[str, list[np.ndarray]] = {}
-  for start in range(0, images.shape[0], batch_size):
-    batch = images[start:start + batch_size]
-    b = batch.shape[0]
-    if b < batch_size:
-      batch = np.concatenate([batch, np.zeros((batch_size - b,) + batch.shape[1:], batch.dtype)])
-    for name, value in fn(jnp.asarray(batch)).items():
-      parts.setdefault(name, []).append(np.asarray(value[:b]))
-  return {name: np.concatenate(values) for name, values in parts.items()}
-
-
-# --- the in-domain classifier ---------------------------------------------------------------
-def classifier_dir(config: ConfigDict, workdir: str) -> str:
-  """``config.eval.classifier_dir``, or ``<workdir>/classifier`` when it is empty."""
-  path = experiment.as_dict(config.get("eval")).get("classifier_dir") or os.path.join(workdir, "classifier")
-  return os.path.abspath(path)
-
-
-def _data_identity(data: experiment.ImageData) -> dict[str, Any]:
-  info = data.info
-  return {"dataset": info.name, "image_size": int(info.image_size), "channels": int(info.channels),
-          "levels": int(info.levels), "num_classes": int(info.num_classes)}
-
-
-def _check_classifier_matches(info: dict[str, Any], data: experiment.ImageData, path: str) -> None:
-  want = _data_identity(data)
-  got = {k: info.get(k) for k in want}
-  check(got == want, "config.eval.classifier_dir",
-        f"the classifier in {path} was trained on {got}, but config.data gives {want}; train one for these data "
-        f"(--mode=train_classifier with another config.eval.classifier_dir).")
-
-
-def train_classifier(config: ConfigDict, workdir: str) -> dict[str, Any]:
-  """``--mode=train_classifier``: trains the in-domain classifier on the training split.
-
-  Adam (``config.eval.classifier.lr``, cosine decay to 0) with cross-entropy for ``num_steps`` steps of
-  ``batch_size`` examples; batches are the training pipeline's (``batch_at``, with the
-  dataset config's random flips and dequantization), mapped back to [0, 1].  Held-out
-  accuracy is measured on ``config.data.eval_split``.
-
-  Writes ``params.npz`` (flat Flax parameters) and ``info.json`` (network fields, data,
-  accuracy, time) into ``classifier_dir(config, workdir)``.
-
-  Returns:
-    The contents of info.json.
-
-  Raises:
-    FileExistsError: a classifier is already saved there (it is never overwritten).
-    ConfigError: toy data, or a bad ``config.eval`` field.
-  """
-  opts = eval_options(config)
-  data = _image_data(config, "--mode=train_classifier")
-  out = classifier_dir(config, workdir)
-  outputs.refuse_overwrite(
-      [os.path.join(out, CLASSIFIER_PARAMS), os.path.join(out, CLASSIFIER_INFO)],
-      "A classifier is already trained there; it is used as it is. To train another, delete that folder or set "
-      "--config.eval.classifier_dir to a new one (cached fid_stats of the old one must then be moved away too).")
-  ident = _data_identity(data)
-  model = Classifier(widths=opts.classifier.widths, num_classes=ident["num_classes"],
-                     feature_dim=opts.classifier.feature_dim, image_size=ident["image_size"],
-                     num_channels=ident["channels"])
-  lo, hi = data.data_range
-  seed = int(config.seed)
-  key = jax.random.fold_in(experiment.keys(seed)["eval"], 10)
-  params = model.init(key, jnp.zeros((1,) + data.shape, jnp.float32))["params"]
-  tx = optax.adam(optax.cosine_decay_schedule(opts.classifier.lr, opts.classifier.num_steps))
-  opt_state = tx.init(params)
-
-  shift = opts.classifier.max_shift
-
-  def translate(k: jax.Array, image: Array) -> Array:
-    """A random shift by up to ``shift`` pixels each way; the edge pixels fill in."""
-    padded = jnp.pad(image, ((shift, shift), (shift, shift), (0, 0)), mode="edge")
-    dy, dx = jax.random.randint(k, (2,), 0, 2 * shift + 1)
-    return jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
-
-  @jax.jit
-  def step_fn(params, opt_state, images, labels, k):
-    if shift:
-      images = jax.vmap(translate)(jax.random.split(k, images.shape[0]), images)  # [B, H, W, C]
-
-    def loss_of(p):
-      logits = model.apply({"params": p}, images)["logits"]  # [B, K]
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    loss, grads = jax.value_and_grad(loss_of)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  t0 = time.perf_counter()
-  loss = float("nan")
-  for step in range(opts.classifier.num_steps):
-    batch = data.train.batch_at(step, global_batch_size=opts.classifier.batch_size, seed=seed)
-    images = (batch["image"] - lo) / (hi - lo)  # [B, H, W, C] back in [0, 1]
-    params, opt_state, loss = step_fn(params, opt_state, images, batch["label"], jax.random.fold_in(key, step))
-    if (step + 1) % 500 == 0:
-      logging.info("classifier step %d/%d: loss %.4f", step + 1, opts.classifier.num_steps, float(loss))
-  loss = float(loss)
-  train_time = time.perf_counter() - t0
-
-  apply = jax.jit(lambda images: model.apply({"params": params}, images))
-  held_out = data.load_split(data.eval_split)
-  images, labels = held_out.images_at(np.arange(len(held_out)))
-  logits = _batched(apply, embedded.to_unit_interval(images, levels=held_out.levels), opts.batch_size)["logits"]
-  accuracy = float(np.mean(np.argmax(logits, axis=1) == labels))
-  info = {**ident, "widths": list(opts.classifier.widths), "feature_dim": opts.classifier.feature_dim,
-          "num_steps": opts.classifier.num_steps, "batch_size": opts.classifier.batch_size, "lr": opts.classifier.lr,
-          "max_shift": shift,
-          "final_loss": loss, "eval_split": data.eval_split, "eval_accuracy": accuracy,
-          "eval_num_examples": int(len(held_out)), "train_time_s": train_time}
-  if _main_process():
-    os.makedirs(out, exist_ok=True)
-    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-    outputs.write_npz(os.path.join(out, CLASSIFIER_PARAMS), **flat)
-    outputs.write_json(os.path.join(out, CLASSIFIER_INFO), info)  # written last: marks the classifier complete
-  logging.info("Classifier: held-out accuracy %.2f %% on %d %s images after %d steps (%.1f s); saved to %s.",
-               100 * accuracy, len(held_out), data.eval_split, opts.classifier.num_steps, train_time, out)
-  return info
-
-
-def load_classifier(path: str, data: Optional[experiment.ImageData] = None) -> tuple[Classifier, Any, dict]:
-  """(module, params, info) of a classifier saved by ``train_classifier`` in folder ``path``.
-
-  Raises:
-    FileNotFoundError: nothing (complete) saved there; the message says how to train one.
-    ConfigError: it was trained on other data than ``data``.
-  """
-  info_path, params_path = os.path.join(path, CLASSIFIER_INFO), os.path.join(path, CLASSIFIER_PARAMS)
-  if not (os.path.isfile(info_path) and os.path.isfile(params_path)):
-    raise FileNotFoundError(
-        f"No trained classifier in {path} (config.eval.features='classifier' needs one): run --mode=train_classifier "
-        f"with the same --config and --workdir first, or point config.eval.classifier_dir at one.")
-  with open(info_path) as f:
-    info = json.load(f)
-  if data is not None:
-    _check_classifier_matches(info, data, path)
-  with np.load(params_path, allow_pickle=False) as arrays:
-    flat = {k: jnp.asarray(arrays[k]) for k in arrays.files}
-  params = traverse_util.unflatten_dict(flat, sep="/")
-  model = Classifier(widths=tuple(info["widths"]), num_classes=info["num_classes"], feature_dim=info["feature_dim"],
-                     image_size=info["image_size"], num_channels=info["channels"])
-  info = dict(info, fingerprint=_file_digest(params_path))
-  return model, params, info
 
 
 # --- feature extractors ---------------------------------------------------------------------
@@ -423,7 +225,7 @@ class Extractor:
   def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """Features of uint8 levels [N, H, W, C] in 0..levels−1: {"features": [N, D], "logits": [N, K]}."""
     x = embedded.to_unit_interval(np.asarray(images), levels=self.levels)  # [N, H, W, C] in [0, 1]
-    return _batched(self.apply, x, self.batch_size)
+    return classifiers.batched_apply(self.apply, x, self.batch_size)
 
 
 def get_extractor(config: ConfigDict, workdir: str, data: experiment.ImageData,
@@ -438,7 +240,7 @@ def get_extractor(config: ConfigDict, workdir: str, data: experiment.ImageData,
   opts = eval_options(config) if opts is None else opts
   levels = int(data.info.levels)
   if opts.features == "classifier":
-    model, params, info = load_classifier(classifier_dir(config, workdir), data)
+    model, params, info = classifiers.load_classifier(classifiers.classifier_dir(config, workdir), data)
     apply = jax.jit(lambda images: model.apply({"params": params}, images))
     return Extractor("classifier", info["fingerprint"], levels, apply, opts.batch_size, info)
   variables = inception_lib.load_inception_params(opts.inception_path or None)
@@ -451,7 +253,7 @@ def get_extractor(config: ConfigDict, workdir: str, data: experiment.ImageData,
     out = forward(x)
     return {"features": out["pool"], "logits": out["logits"]}
 
-  return Extractor("inception", _file_digest(opts.inception_path), levels, apply, opts.batch_size)
+  return Extractor("inception", outputs.file_digest(opts.inception_path), levels, apply, opts.batch_size)
 
 
 def to_levels(x: np.ndarray, *, levels: int, data_range: tuple[float, float], dequantized: bool) -> np.ndarray:
@@ -561,7 +363,7 @@ def fid_stats(config: ConfigDict, workdir: str) -> dict[str, str]:
     {split: path of its FeatureStats npz}.
   """
   opts = eval_options(config)
-  data = _image_data(config, "--mode=fid_stats")
+  data = experiment.build_image_data(config, "--mode=fid_stats")
   extractor = get_extractor(config, workdir, data, opts)
   paths = {}
   for split in dict.fromkeys((data.train.info.split, data.eval_split)):
@@ -955,5 +757,5 @@ def evaluate(config: ConfigDict, workdir: str) -> list[dict[str, Any]]:
 
 
 __all__ = ["DEFAULTS", "EXTRACTORS", "EvalOptions", "Extractor", "RealFeatures", "eval_options",
-           "evaluate", "fid_stats", "get_extractor", "load_classifier", "quality_metrics", "read_results",
-           "real_features", "reference", "results_path", "stats_paths", "to_levels", "train_classifier"]
+           "evaluate", "fid_stats", "get_extractor", "quality_metrics", "read_results",
+           "real_features", "reference", "results_path", "stats_paths", "to_levels"]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Iterator, Optional, Union
 
 import jax
@@ -88,6 +89,32 @@ def check(cond: bool, field: str, message: str) -> None:
 
 def is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+  """A finite int or float (not a bool)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def int_field(section: dict, name: str, low: int, prefix: str) -> int:
+  """``section[name]`` checked to be an integer >= ``low`` (ConfigError naming ``prefix.name``)."""
+  value = section[name]
+  check(is_int(value) and value >= low, f"{prefix}.{name}", f"must be an integer >= {low}, got {value!r}.")
+  return int(value)
+
+
+def positive_field(section: dict, name: str, prefix: str) -> float:
+  """``section[name]`` checked to be a finite number > 0."""
+  value = section[name]
+  check(is_number(value) and value > 0, f"{prefix}.{name}", f"must be a number > 0, got {value!r}.")
+  return float(value)
+
+
+def merge_defaults(defaults: dict, given: dict, prefix: str) -> dict:
+  """``given`` over ``defaults``; a field ``defaults`` lacks is a ConfigError naming it."""
+  unknown = sorted(set(given) - set(defaults))
+  check(not unknown, f"{prefix}.{unknown[0] if unknown else ''}", f"unknown field; {prefix} takes {sorted(defaults)}.")
+  return {**defaults, **given}
 
 
 def as_dict(section: Any) -> dict[str, Any]:
@@ -197,6 +224,20 @@ def build_data(config: ConfigDict) -> Data:
 
   return ImageData(name=d.name, train=build_split(d.split), eval_split=d.eval_split,
                    build_split=functools.lru_cache(maxsize=2)(build_split))
+
+
+def build_sde(config: ConfigDict) -> sde_lib.SDE:
+  """The SDE of ``config.sde`` (its name and the options of that name's subsection)."""
+  with config_field("config.sde"):
+    return sde_lib.get_sde(config.sde.name, **as_dict(config.sde.get(config.sde.name)))
+
+
+def build_image_data(config: ConfigDict, what: str) -> ImageData:
+  """``build_data`` for a mode that needs images (``what`` names it in the error on toy data)."""
+  data = build_data(config)
+  check(isinstance(data, ImageData), "config.data.kind",
+        f"{what} needs image data; toy targets (kind 'toy') have no images.")
+  return data
 
 
 # --- setup --------------------------------------------------------------------------------
@@ -344,8 +385,7 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
     sharding_lib.check_batch_divisible(config.training.batch_size, mesh)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  with config_field("config.sde"):
-    sde = sde_lib.get_sde(config.sde.name, **as_dict(config.sde.get(config.sde.name)))
+  sde = build_sde(config)
   data = build_data(config)
   fields = _network_fields(config, data)
   with config_field("config.model"):

@@ -7,6 +7,7 @@ folder from ``next_numbered_dir``; ``refuse_overwrite`` lets them stop before co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,6 +26,15 @@ def refuse_overwrite(paths: Sequence[str], hint: str) -> None:
   existing = [p for p in paths if os.path.exists(p)]
   if existing:
     raise FileExistsError(f"Refusing to overwrite {', '.join(existing)}. {hint}")
+
+
+def file_digest(path: str) -> str:
+  """First 16 hex digits of the SHA-256 of a file: which weights made a set of features."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()[:16]
 
 
 def json_ready(value: Any) -> Any:

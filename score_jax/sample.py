@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from score_jax import checkpointing
+from score_jax import class_guidance
 from score_jax import experiment
 from score_jax import outputs
 from score_jax import pretrained
@@ -55,7 +56,9 @@ def _rows(a: np.ndarray, start: int, size: int) -> np.ndarray:
 
 def make_sampler(setup: experiment.Setup, num_samples: int, *, batch_size: Optional[int] = None,
                  constraint_fn: Optional[Callable[..., Any]] = None,
-                 null_labels: bool = False) -> Callable[..., tuple[np.ndarray, int]]:
+                 null_labels: bool = False,
+                 guide: Optional[Callable[[Any, Array], Callable[[Array, Array], Array]]] = None
+                 ) -> Callable[..., tuple[np.ndarray, int]]:
   """A compiled-once sampler ``draw(params, key, **arrays) -> (samples [N, ...] numpy, nfe)``.
 
   Samples are drawn ``batch_size`` at a time (default: all N in one call); sample j gets the
@@ -72,6 +75,9 @@ def make_sampler(setup: experiment.Setup, num_samples: int, *, batch_size: Optio
       arrays given to ``draw`` ([N, ...] each, cut into chunks like the samples).
     null_labels: a class-conditional model is sampled with its null label (its unconditional
       score) instead of the labels 0, 1, …, K−1, 0, … .
+    guide: ``guide(params, index [b]) -> score_fn`` replaces the model's score for the samples
+      at positions ``index`` (class guidance: ``class_guidance.Guide``, whose ``sampler_params``
+      says what ``draw`` then takes as ``params``).
   """
   mesh = setup.mesh
   chunk = min(num_samples, batch_size or num_samples)
@@ -85,8 +91,9 @@ def make_sampler(setup: experiment.Setup, num_samples: int, *, batch_size: Optio
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
     labels = (index % num_classes).astype(jnp.int32) if num_classes else None
     extra = {} if constraint_fn is None else {"constraint": constraint_fn(**arrays)}
-    x, nfe = sampling.sample(keys, setup.sde, setup.score_fn(params, labels), shape, setup.sampling_method,
-                             **setup.sampling_options, **extra)
+    score_fn = setup.score_fn(params, labels) if guide is None else guide(params, index)
+    x, nfe = sampling.sample(keys, setup.sde, score_fn, shape, setup.sampling_method, **setup.sampling_options,
+                             **extra)
     return jax.lax.with_sharding_constraint(x, out), jnp.max(nfe)
 
   def draw(params: Any, key: jax.Array, **arrays: np.ndarray) -> tuple[np.ndarray, int]:
@@ -141,9 +148,11 @@ def _grid_scale(image_size: int) -> int:
 
 def write_samples(setup: experiment.Setup, x: np.ndarray, *, png: str, npz: Optional[str] = None,
                   metrics_json: Optional[str] = None, title: str = "", eval_key: Optional[jax.Array] = None,
-                  extra: Mapping[str, Any] = ()) -> dict[str, Any]:
+                  extra: Mapping[str, Any] = (), labels: Optional[np.ndarray] = None) -> dict[str, Any]:
   """Writes samples ``x`` as a picture (grid or scatter), optionally an npz and a metrics JSON.
 
+  ``labels`` (int [N]; default ``sample_labels``) are the classes the samples were drawn for:
+  saved in the npz; a grid has one column per class when there are 2 … 16 of them.
   Only process 0 writes.  Returns the metrics (toy targets: sample quality; images: ``extra``).
   """
   metrics = dict(extra)
@@ -152,14 +161,15 @@ def write_samples(setup: experiment.Setup, x: np.ndarray, *, png: str, npz: Opti
     metrics.update(evaluate_toy_samples(eval_key, x, data.target))
   if jax.process_index() != 0:
     return metrics
-  labels = sample_labels(setup, x.shape[0])
+  labels = sample_labels(setup, x.shape[0]) if labels is None else np.asarray(labels)
   if isinstance(data, experiment.ToyData):
     summary = f"SW2 {metrics['sliced_w2']:.3f}" if "sliced_w2" in metrics else ""
     if "coverage" in metrics:
       summary += f", coverage {metrics['coverage']:.2f}"
     outputs.plot_samples(png, x, data.target, title=f"{title}\n{summary}".strip())
   else:
-    ncol = setup.num_classes if setup.num_classes and setup.num_classes <= 16 else None
+    classes = 0 if labels is None else len(np.unique(labels))
+    ncol = classes if 2 <= classes <= 16 else None
     outputs.save_image_grid(png, x, data_range=data.data_range, ncol=ncol, scale=_grid_scale(x.shape[1]))
   if npz is not None:
     arrays = {"samples": x}
@@ -251,6 +261,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   the latest checkpoint (or EMA export) in ``workdir`` into a new folder ``<workdir>/samples/<k>``.
 
   Writes samples.png, samples.npz and metrics.json (sampler, NFE, time; toy targets: quality).
+  With ``config.guidance`` (``class_guidance``) the samples are class-guided: classifier
+  guidance by the noise-conditional classifier, or classifier-free guidance; the npz holds
+  the requested labels.
 
   Args:
     config: the full config; its model must match the checkpoint's.
@@ -260,21 +273,28 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     The new folder's path.
 
   Raises:
-    FileNotFoundError: no checkpoint in ``workdir``.
+    FileNotFoundError: no checkpoint in ``workdir``, or classifier guidance without a
+      trained noise-conditional classifier.
     ConfigError (a ValueError): a bad config value.
   """
   setup = experiment.build(config)
+  guide = class_guidance.build_guide(config, setup, workdir)  # before compiling: a bad guidance field stops here
   keys = experiment.keys(config.seed)
   step, params = load_ema_params(config, setup, workdir)
   k, out = outputs.next_numbered_dir(os.path.join(workdir, "samples"))
   key = draw_key(setup, step, k)
+  num = config.sampling.num_samples
   t0 = time.perf_counter()
-  x, nfe = make_sampler(setup, config.sampling.num_samples, batch_size=config.sampling.get("batch_size"))(params, key)
+  draw = make_sampler(setup, num, batch_size=config.sampling.get("batch_size"), guide=guide)
+  x, nfe = draw(params if guide is None else guide.sampler_params(params), key)
   extra = {"step": step, "draw": k, "workdir": os.path.abspath(workdir), "nfe": nfe,
            "sample_time_s": time.perf_counter() - t0, "num_samples": int(x.shape[0]),
            "sampling": {"method": setup.sampling_method, **setup.sampling_options}}
+  if guide is not None:
+    extra["guidance"] = guide.options
   write_samples(setup, x, png=os.path.join(out, "samples.png"), npz=os.path.join(out, "samples.npz"),
                 metrics_json=os.path.join(out, "metrics.json"),
                 title=f"{setup.data.name}, EMA model at step {step}, draw {k}",
-                eval_key=jax.random.fold_in(keys["eval"], k + 1), extra=extra)
+                eval_key=jax.random.fold_in(keys["eval"], k + 1), extra=extra,
+                labels=None if guide is None else guide.sample_labels(num))
   return out

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from score_jax import classifiers
 from score_jax import evaluate
 from score_jax import experiment
 from score_jax.data import embedded
@@ -40,17 +41,17 @@ def test_trains_on_digits_to_held_out_accuracy_and_is_never_overwritten(tmp_path
   _, config = load("configs/ve/digits.py")
   config.eval.classifier.num_steps = 400  # the config's 1000 steps reach ~95-96 %
   workdir = str(tmp_path / "run")
-  info = evaluate.train_classifier(config, workdir)
+  info = classifiers.train_classifier(config, workdir)
   assert info["eval_accuracy"] >= 0.90, info
   assert info["eval_num_examples"] == embedded.DIGITS_NUM_TEST and info["dataset"] == "digits"
-  folder = evaluate.classifier_dir(config, workdir)
+  folder = classifiers.classifier_dir(config, workdir)
   assert folder == os.path.join(os.path.abspath(workdir), "classifier")
   with open(os.path.join(folder, "info.json")) as f:
     assert json.load(f)["eval_accuracy"] == pytest.approx(info["eval_accuracy"])
 
   # The saved parameters give the reported accuracy.
   data = experiment.build_data(config)
-  model, params, loaded = evaluate.load_classifier(folder, data)
+  model, params, loaded = classifiers.load_classifier(folder, data)
   test = data.load_split("test")
   images, labels = test.images_at(np.arange(len(test)))
   logits = model.apply({"params": params}, embedded.to_unit_interval(images, levels=test.levels))["logits"]
@@ -60,13 +61,13 @@ def test_trains_on_digits_to_held_out_accuracy_and_is_never_overwritten(tmp_path
   # A second run refuses, before training, and leaves the files as they were.
   before = {name: (tmp_path / "run" / "classifier" / name).read_bytes() for name in ("params.npz", "info.json")}
   with pytest.raises(FileExistsError, match="already trained.*classifier_dir"):
-    evaluate.train_classifier(config, workdir)
+    classifiers.train_classifier(config, workdir)
   assert before == {name: (tmp_path / "run" / "classifier" / name).read_bytes() for name in before}
 
   # A classifier of other data is refused by name.
   _, shapes = load("configs/ve/shapes_32.py", "smoke")
   with pytest.raises(experiment.ConfigError, match="config.eval.classifier_dir.*trained on"):
-    evaluate.load_classifier(folder, experiment.build_data(shapes))
+    classifiers.load_classifier(folder, experiment.build_data(shapes))
 
 
 def test_missing_classifier_says_how_to_train_one(tmp_path):
@@ -78,4 +79,4 @@ def test_missing_classifier_says_how_to_train_one(tmp_path):
 def test_toy_data_have_no_classifier(tmp_path):
   _, config = load("configs/toy/gmm2d.py", "smoke")
   with pytest.raises(experiment.ConfigError, match="config.data.kind.*toy"):
-    evaluate.train_classifier(config, str(tmp_path))
+    classifiers.train_classifier(config, str(tmp_path))

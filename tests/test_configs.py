@@ -13,8 +13,8 @@ from score_jax import models
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.py")
                  if p.name not in ("__init__.py", "common.py"))
-EMBEDDED = ("configs/ve/digits.py", "configs/vp/digits.py", "configs/ve/shapes_32.py", "configs/ve/shapes_16.py",
-            "configs/toy/gmm2d.py")
+EMBEDDED = ("configs/ve/digits.py", "configs/ve/digits_cond.py", "configs/vp/digits.py", "configs/ve/shapes_32.py",
+            "configs/ve/shapes_16.py", "configs/toy/gmm2d.py")
 
 
 def load(path: str, variant: str = ""):
@@ -25,7 +25,7 @@ def load(path: str, variant: str = ""):
 
 
 def test_every_config_is_listed():
-  assert len(CONFIGS) == 15, CONFIGS
+  assert len(CONFIGS) == 16, CONFIGS
   for name in ("configs/default_ve.py", "configs/default_vp.py", "configs/default_subvp.py", "configs/ve/afhq_512.py",
                "configs/ve/cifar10_ncsnpp_continuous.py", "configs/ve/celebahq_256.py", "configs/ve/ffhq_1024.py",
                "configs/ve/church_256.py", "configs/vp/cifar10_ddpmpp_continuous.py",
@@ -97,7 +97,7 @@ def test_full_size_config_without_data_says_where_to_put_it(path, tmp_path):
 def test_embedded_configs_build_at_full_size(path):
   _, config = load(path)
   setup = experiment.build(config)
-  shapes = {"digits": (8, 8, 1), "shapes_32": (32, 32, 3), "shapes_16": (16, 16, 3)}
+  shapes = {"digits": (8, 8, 1), "digits_cond": (8, 8, 1), "shapes_32": (32, 32, 3), "shapes_16": (16, 16, 3)}
   assert setup.data_shape == shapes[path.split("/")[-1][:-3]]
 
 

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from score_jax import classifiers
 from score_jax import evaluate
 from score_jax import experiment
 from score_jax import train
@@ -36,7 +37,7 @@ def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("eval") / "digits")
   config = _config()
   train.train_and_evaluate(config, workdir)
-  info = evaluate.train_classifier(config, workdir)
+  info = classifiers.train_classifier(config, workdir)
   stats = evaluate.fid_stats(config, workdir)
   records = evaluate.evaluate(config, workdir)
   return dict(workdir=workdir, config=config, info=info, stats=stats, records=records)

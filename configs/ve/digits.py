@@ -3,6 +3,7 @@ draws recognisable digits after minutes of training on a 2-core CPU.
 
     python main.py --config=configs/ve/digits.py --workdir=runs/digits_ve --mode=train
     python main.py --config=configs/ve/digits.py --workdir=runs/digits_ve --mode=sample
+    python main.py --config=configs/ve/digits.py --workdir=runs/digits_ve --mode=train_noisy_classifier
 
 σ_max = 5 is about the largest distance between two training digits (4.8 in [0, 1]^64),
 score_sde's rule for VE.  Variant ``smoke`` takes about 40 s on a 2-core CPU, mostly compiling (tests, debugging).
@@ -52,4 +53,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   ev.num_samples = 500  # ~4 min of PC sampling per checkpoint on 2 CPU cores; bits/dim of the 297 test digits as long
   ev.sample_batch_size = 500
   ev.classifier.update(dict(widths=(32, 64), feature_dim=128, num_steps=1000, batch_size=128, lr=2e-3, max_shift=1))
+
+  nc = config.noisy_classifier  # p_t(y | x(t)) for classifier guidance: --mode=train_noisy_classifier
+  nc.model = "cnn"
+  nc.network = ml_collections.ConfigDict(dict(widths=(32, 64), hidden_dim=128, embedding_dim=32))
+  nc.update(dict(num_steps=4000, batch_size=128, lr=2e-3, max_shift=1, num_bands=10, band_repeats=4))
   return common.finalize(config, variant, "configs/ve/digits.py")

@@ -1,0 +1,127 @@
+"""Class-guided --mode=sample from config.guidance: the guided score pinned against its formula,
+CFG at w = 0 equal to the conditional sampler, the outputs, and one-line errors before compiling."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from score_jax import checkpointing
+from score_jax import class_guidance
+from score_jax import classifiers
+from score_jax import experiment
+from score_jax import sample as sample_lib
+from tests.test_configs import load
+
+
+def _config(path="configs/ve/digits.py", **guidance):
+  _, config = load(path, "smoke")
+  config.noisy_classifier.num_steps = 4
+  config.guidance.update(guidance)
+  return config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A digits smoke workdir: initial parameters as an EMA export and a (4-step) noisy classifier."""
+  workdir = str(tmp_path_factory.mktemp("guided") / "digits")
+  config = _config()
+  setup = experiment.build(config)
+  params = experiment.init_params(setup, jax.random.key(3))
+  checkpointing.export_params(workdir, 0, params)
+  classifiers.train_noisy_classifier(config, workdir)
+  return workdir, setup, params
+
+
+def test_guided_score_is_score_plus_lambda_times_classifier_gradient(run):
+  """One evaluation pinned: s(x, t) + λ ∇_x log softmax(classifier(x, σ̃(t)))[y], y = index mod 10."""
+  workdir, setup, params = run
+  config = _config(kind="classifier", strategy="constant", scale=3.0)
+  guide = class_guidance.build_guide(config, setup, workdir)
+  classifier = classifiers.load_noisy_classifier(classifiers.noisy_classifier_dir(config, workdir))
+  x = jax.random.normal(jax.random.key(0), (4,) + setup.data_shape)  # [4, 8, 8, 1]
+  t = jnp.full(4, 0.6)
+  labels = jnp.array([0, 1, 2, 3])
+
+  def want(x):
+    log_p = lambda x: jnp.sum(jnp.take_along_axis(
+        jax.nn.log_softmax(classifier.logits(x, t), axis=-1), labels[:, None], axis=1))
+    return setup.score_fn(params)(x, t) + 3.0 * jax.grad(log_p)(x)
+
+  got = jax.jit(lambda x: guide(guide.sampler_params(params), jnp.array([0, 1, 12, 3]))(x, t))(x)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(want)(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("w", [0.0, 2.0])
+def test_cfg_score_is_the_conditional_score_pushed_away_from_the_null_label(w):
+  """(1 + w) s(x, t, y) − w s(x, t, ∅) with y = index mod 10; at w = 0 the conditional score itself."""
+  config = _config("configs/ve/digits_cond.py", kind="cfg", w=w)
+  setup = experiment.build(config)
+  guide = class_guidance.build_guide(config, setup, "unused")
+  params = experiment.init_params(setup, jax.random.key(1))
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), params)
+  x, t = jax.random.normal(jax.random.key(0), (3,) + setup.data_shape), jnp.full(3, 0.4)
+  got = jax.jit(lambda x: guide(guide.sampler_params(params), jnp.array([2, 11, 9]))(x, t))(x)
+  score = jax.jit(lambda x, labels: setup.score_fn(params, labels)(x, t))
+  cond, null = score(x, jnp.array([2, 1, 9])), score(x, jnp.full(3, 10))
+  np.testing.assert_allclose(np.asarray(got), np.asarray((1 + w) * cond - w * null), rtol=1e-4, atol=1e-4)
+  assert float(jnp.max(jnp.abs(cond - null))) > 1e-3  # the labels matter, so the check can fail
+  assert guide.sample_labels(12).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_mode_sample_writes_guided_samples_with_their_labels(run):
+  workdir, _, _ = run
+  config = _config(kind="classifier", strategy="norm_ratio", ratio=0.5, labels=(3, 7))
+  out = sample_lib.sample(config, workdir)
+  with np.load(os.path.join(out, "samples.npz")) as f:
+    assert f["labels"].tolist() == [3, 7] * 4 and f["samples"].shape == (8, 8, 8, 1)
+    assert np.all(np.isfinite(f["samples"]))
+  with open(os.path.join(out, "metrics.json")) as f:
+    g = json.load(f)["guidance"]
+  assert g == {"kind": "classifier", "strategy": "norm_ratio", "ratio": 0.5, "labels": [3, 7],
+               "classifier_dir": classifiers.noisy_classifier_dir(config, workdir)}
+  assert os.path.isfile(os.path.join(out, "samples.png"))
+
+
+@pytest.mark.parametrize("path, guidance, error, message", [
+    ("configs/ve/digits.py", dict(kind="clasifier"), experiment.ConfigError,
+     r"^config.guidance.kind: unknown 'clasifier'; choose one of \['none', 'classifier', 'cfg'\]"),
+    ("configs/ve/digits.py", dict(kind="classifier", labels=(3, 10)), experiment.ConfigError,
+     r"^config.guidance.labels: class 10 is outside the 10 classes"),
+    ("configs/ve/digits.py", dict(kind="cfg"), experiment.ConfigError,
+     r"^config.guidance.kind: 'cfg' needs a class-conditional model"),
+    ("configs/ve/digits.py", dict(kind="classifier", strategy="linear", sigma_min=2.0, sigma_max=1.0),
+     experiment.ConfigError, r"^config.guidance: guidance sigma_min=2.0 must be smaller than sigma_max=1.0"),
+    ("configs/ve/digits.py", dict(kind="classifier", strategy="steep"), experiment.ConfigError,
+     r"^config.guidance: guidance strategy='steep' is unknown"),
+    ("configs/ve/digits.py", dict(kind="classifier"), FileNotFoundError,
+     r"^config.noisy_classifier.dir: no trained noise-conditional classifier in .*--mode=train_noisy_classifier"),
+])
+def test_bad_guidance_is_one_line_naming_the_field_before_compiling(tmp_path, path, guidance, error, message):
+  config = _config(path, **guidance)
+  with pytest.raises(error, match=message) as e:
+    sample_lib.sample(config, str(tmp_path))  # the empty workdir has no checkpoint: guidance is checked first
+  assert "\n" not in str(e.value)
+  assert not os.listdir(tmp_path)
+
+
+def test_cfg_needs_a_trained_null_label_and_unknown_fields_are_named(tmp_path):
+  config = _config("configs/ve/digits_cond.py", kind="cfg")
+  config.training.label_dropout = 0.0
+  with pytest.raises(experiment.ConfigError, match="^config.training.label_dropout: is 0, so the null label"):
+    sample_lib.sample(config, str(tmp_path))
+  config = _config()
+  config.guidance.lamda = 3.0
+  with pytest.raises(experiment.ConfigError, match=r"^config.guidance.lamda: unknown field"):
+    sample_lib.sample(config, str(tmp_path))
+
+
+def test_every_image_config_holds_the_guidance_defaults():
+  from configs import common  # pylint: disable=g-import-not-at-top
+  assert common.base_config().guidance.to_dict() == class_guidance.DEFAULTS
+  assert common.base_config().noisy_classifier.to_dict() == dict(
+      classifiers.NOISY_DEFAULTS, model="wideresnet", network=dict(depth=28, width=10), num_steps=100_000, lr=2e-4,
+      max_shift=0, band_repeats=1)
