@@ -68,7 +68,8 @@ def usage() -> str:
   for name in ("config", "workdir", "mode", "distributed", "coordinator_address", "num_processes", "process_id"):
     lines.append(f"  --{name:<22}{FLAGS[name].help}")
   lines += ["", "Modes (--mode=):"]
-  lines += [f"  {name:<18}{description}" for name, (_, description) in MODES.items()]
+  width = max(map(len, MODES)) + 2
+  lines += [f"  {name:<{width}}{description}" for name, (_, description) in MODES.items()]
   lines += ["", "Config files (--config=; each takes :smoke):"]
   lines += [f"  {path:<45}{summary}" for path, summary in config_files.catalog()]
   return "\n".join(line if len(line) <= 160 or not line.startswith("  ") else line[:159] + "…" for line in lines)
