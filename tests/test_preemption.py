@@ -12,10 +12,13 @@ import run_main
 # One worker computes this module's shared fixture (pytest.ini: --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("preemption")
 
-CONFIG = "configs/ve/digits.py:smoke"
+# The toy target's smoke config: the same training system (sharded step, Orbax, SIGTERM) as the
+# image configs at a fraction of their compile time.  A save every 100 steps keeps the run going
+# for seconds after the first checkpoint, so the signal lands mid-training.
+CONFIG = "configs/toy/gmm2d.py:smoke"
 STEPS = 2000
 OVERRIDES = [f"--config.training.num_steps={STEPS}", "--config.training.snapshot_freq=100",
-             "--config.training.max_to_keep=50", "--config.training.log_freq=100", "--config.sampling.num_samples=4"]
+             "--config.training.max_to_keep=50", "--config.training.log_freq=100", "--config.sampling.num_samples=16"]
 
 
 @pytest.fixture(scope="module")
