@@ -53,7 +53,8 @@ def setup_kernel(k: KernelLike) -> np.ndarray:
 
 
 # Upsample, FIR-filter, downsample (StyleGAN2's upfirdn2d; Karras et al. 2020, App. B).
-def upfirdn2d(x: Array, k: np.ndarray, *, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)) -> Array:
+def upfirdn2d(x: Array, k: np.ndarray, *, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0),
+              separable: bool = True) -> Array:
   """Zero-insertion upsampling by ``up``, padding, FIR convolution, decimation by ``down``.
 
   Args:
@@ -62,12 +63,20 @@ def upfirdn2d(x: Array, k: np.ndarray, *, up: int = 1, down: int = 1, pad: tuple
     up: upsampling factor (``up − 1`` zeros inserted after every sample).
     down: decimation factor (stride of the filter).
     pad: (before, after) padding of both spatial axes after upsampling; negative crops.
+    separable: when k is an outer product a bᵀ (every kernel ``setup_kernel`` makes from 1-D
+      taps) and up or down is 1, filter H with a and W with b as shifted slices (see
+      ``_upfirdn1d``); False forces one depthwise 2-D convolution (the reference form).
 
   Returns:
     [B, H', W', C] with H' = (H·up + pad[0] + pad[1] − K) // down + 1 (same for W).
   """
   batch, height, width, channels = x.shape
   k = np.asarray(k)
+  taps = _separable_taps(k) if separable and (up == 1 or down == 1) else None
+  if taps is not None:
+    # k = a bᵀ: one 1-D pass along H with a, one along W with b (2K instead of K² products).
+    x = _upfirdn1d(x, taps[0], axis=1, up=up, down=down, pad=pad)
+    return _upfirdn1d(x, taps[1], axis=2, up=up, down=down, pad=pad)
   if up > 1:
     x = x.reshape(batch, height, 1, width, 1, channels)
     x = jnp.pad(x, ((0, 0), (0, 0), (0, up - 1), (0, 0), (0, up - 1), (0, 0)))
@@ -79,6 +88,64 @@ def upfirdn2d(x: Array, k: np.ndarray, *, up: int = 1, down: int = 1, pad: tuple
   w = jnp.broadcast_to(flipped[:, :, None, None], (*flipped.shape, 1, channels))  # [K, K, 1, C]
   return lax.conv_general_dilated(x, w, window_strides=(down, down), padding="VALID",
                                   dimension_numbers=_DIMS, feature_group_count=channels)
+
+
+def _separable_taps(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+  """(a, b) with k = a bᵀ (to float64 round-off), or None when k is not separable."""
+  if k.ndim != 2 or not np.all(np.isfinite(k)):
+    return None
+  u, s, vt = np.linalg.svd(np.asarray(k, np.float64))
+  if s[0] == 0 or (s.size > 1 and s[1] > 1e-12 * s[0]):
+    return None
+  a, b = u[:, 0] * np.sqrt(s[0]), vt[0] * np.sqrt(s[0])
+  if a.sum() < 0:  # the same factors, with the sign on neither (cosmetic: a and b stay positive for (1, 3, 3, 1))
+    a, b = -a, -b
+  if not np.allclose(np.outer(a, b), k, rtol=0.0, atol=1e-14 * np.abs(k).max()):
+    return None
+  return a, b
+
+
+def _upfirdn1d(x: Array, k: np.ndarray, *, axis: int, up: int, down: int, pad: tuple[int, int]) -> Array:
+  """``upfirdn2d`` along one axis with 1-D taps k, as a weighted sum of shifted slices.
+
+  Output n is Σ_t k[K−1−t] · z[n·down + t − pad[0]], z the zero-inserted input.  With up = 1
+  these are K strided slices of the padded input.  With up > 1 (down = 1) it is polyphase:
+  output phase r = n mod up reads only the taps t ≡ pad[0] − r (mod up), so each phase is a
+  short filter on the input itself, and the phases are interleaved (no zeros are multiplied).
+  Every form is one fused elementwise loop in XLA: no convolution, no zero-stuffed copy.
+  """
+  length, size = x.shape[axis], k.shape[0]
+  flipped = k[::-1]
+  p0, p1 = pad
+  n_out = (length * up + p0 + p1 - size) // down + 1
+
+  def shifted(arr: Array, start: int, count: int, stride: int) -> Array:
+    return lax.slice_in_dim(arr, start, start + (count - 1) * stride + 1, stride, axis)
+
+  def weighted_sum(terms: list[tuple[float, Array]]) -> Array:
+    out = None
+    for weight, term in terms:
+      term = term * jnp.asarray(weight, x.dtype)
+      out = term if out is None else out + term
+    return out
+
+  if up == 1:
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(p0, p1, 0) if d == axis else (0, 0, 0) for d in range(x.ndim)])
+    return weighted_sum([(flipped[t], shifted(xp, t, n_out, down)) for t in range(size) if flipped[t] != 0])
+  per_phase = -(-n_out // up)  # the last phase may run one past n_out: cropped below
+  # Input offset of tap t in phase r: (r + t − p0) / up, for the taps of that phase.
+  phases = [[(t, (r + t - p0) // up) for t in range(size) if (r + t - p0) % up == 0] for r in range(up)]
+  offsets = [o for taps in phases for _, o in taps]
+  lo = max(0, -min(offsets))
+  hi = max(0, max(offsets) + per_phase - length)
+  xp = lax.pad(x, jnp.zeros((), x.dtype), [(lo, hi, 0) if d == axis else (0, 0, 0) for d in range(x.ndim)])
+  outs = []
+  for taps in phases:
+    terms = [(flipped[t], shifted(xp, o + lo, per_phase, 1)) for t, o in taps if flipped[t] != 0]
+    outs.append(weighted_sum(terms) if terms else jnp.zeros_like(shifted(xp, lo, per_phase, 1)))
+  y = jnp.stack(outs, axis=axis + 1)  # [..., ⌈n_out / up⌉, up, ...]
+  y = y.reshape(*x.shape[:axis], per_phase * up, *x.shape[axis + 1:])
+  return y if per_phase * up == n_out else lax.slice_in_dim(y, 0, n_out, axis=axis)
 
 
 def _up_pad(kernel_size: int, factor: int) -> tuple[int, int]:
