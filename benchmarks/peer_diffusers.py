@@ -17,10 +17,13 @@ What is compared, for each resolution R (default 32 and 64):
   worker builds diffusers' ``UNet2DModel`` with the skip block types Google's converted
   ``google/ncsnpp-*`` models use, saves it as ``.safetensors``, and score_jax reads that
   folder through ``score_jax.pretrained.convert`` — the same weights on both sides.  diffusers
-  normalises its attention blocks with a fixed 32 groups where NCSN++ uses min(C/4, 32); at the
-  32-channel attention level here that is 32 against 8, so the worker sets those GroupNorms to
-  NCSN++'s count (same arithmetic, same weights) and the forward outputs then agree to float32
-  round-off; the max abs difference is printed.
+  picks some GroupNorm group counts differently from NCSN++'s min(C/4, 32): its attention blocks
+  use a fixed 32, and ``AttnSkipUpBlock2D`` computes its resnets' groups as
+  ``min(in + skip // 4, 32)`` (operator precedence); at widths >= 128 (the published models)
+  both agree with NCSN++, at the 32 / 64 channels here they do not.  The worker sets every
+  GroupNorm to NCSN++'s count (same weights, same arithmetic per element), and the forward
+  outputs then agree to float32 round-off: the max abs difference of the scores is printed
+  (diffusers' output is the network's divided by σ).
 * ``forward``: one network evaluation, no gradient.
 * ``pc``: one predictor–corrector step of the VE SDE (σ 0.01 … 348): reverse-diffusion
   predictor + one Langevin corrector step (snr 0.075, score_sde's 256-px value), two network
@@ -101,10 +104,11 @@ class _TorchSide:
     torch.manual_seed(seed)
     model = UNet2DModel(**config)
     patched = 0
-    for module in model.modules():  # attention GroupNorms: NCSN++'s min(C/4, 32) groups
-      norm = getattr(module, "group_norm", None)
+    for norm in model.modules():  # every GroupNorm gets NCSN++'s min(C/4, 32) groups (see the docstring)
       if isinstance(norm, torch.nn.GroupNorm):
         groups = max(1, min(norm.num_channels // 4, 32))
+        while norm.num_channels % groups:
+          groups -= 1
         if norm.num_groups != groups:
           norm.num_groups = groups
           patched += 1
@@ -116,8 +120,8 @@ class _TorchSide:
     if folder:
       model.save_pretrained(folder, safe_serialization=True)
     self.models[res] = model
-    self.compiled[res] = torch.compile(model)
-    return {"params": sum(p.numel() for p in model.parameters()), "patched_attention_norms": patched,
+    self.compiled[res] = torch.compile(model, dynamic=True)  # one graph for every batch size
+    return {"params": sum(p.numel() for p in model.parameters()), "patched_norms": patched,
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
   def forward(self, res: int, path: str) -> dict[str, Any]:
@@ -221,8 +225,10 @@ def worker_main(threads: int) -> None:
 class Worker:
   """The torch worker process."""
 
-  def __init__(self, python: str, threads: int):
+  def __init__(self, python: str, threads: int, omp_wait: str):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if omp_wait != "default":
+      env["OMP_WAIT_POLICY"] = omp_wait.upper()
     env.pop("PYTHONPATH", None)
     self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", f"--threads={threads}"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -349,6 +355,9 @@ def main() -> None:
   parser.add_argument("--resolutions", default="32,64", help="comma-separated image sizes (multiples of 16)")
   parser.add_argument("--reps", type=int, default=5, help="interleaved timed repetitions per cell (median shown)")
   parser.add_argument("--threads", type=int, default=2, help="CPU threads on both sides")
+  parser.add_argument("--omp_wait", default="passive", choices=("passive", "active", "default"),
+                      help="OMP_WAIT_POLICY of the torch worker; passive: threads sleep at barriers (on a loaded "
+                           "machine torch's spinning barriers cost it several times; default: torch's own setting)")
   parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile column")
   parser.add_argument("--quick", action="store_true", help="resolution 32, batch 8, 3 reps (a smoke run)")
   parser.add_argument("--seed", type=int, default=0)
@@ -369,15 +378,16 @@ def main() -> None:
   if any(r % 16 for r in resolutions):
     parser.error("--resolutions must be multiples of 16 (four halvings, attention at 16 px).")
 
-  sys.path.insert(0, ROOT)
+  sys.path.append(ROOT)  # after PYTHONPATH: a score_jax placed there first is the one measured
   sys.path.insert(0, os.path.join(ROOT, "tools"))
   import jax  # pylint: disable=import-outside-toplevel
   from pretrained_fixtures import diffusers_config  # pylint: disable=import-outside-toplevel
 
   load_before = _uptime()
   print(f"# peer benchmark: score_jax (jax {jax.__version__}, {jax.default_backend()}) vs diffusers; "
-        f"{args.threads} threads; load avg before: {load_before}; cpus: {os.cpu_count()}")
-  worker = Worker(args.torch_python, args.threads)
+        f"{args.threads} threads (torch OMP_WAIT_POLICY {args.omp_wait}); load avg before: {load_before}; "
+        f"cpus: {os.cpu_count()}")
+  worker = Worker(args.torch_python, args.threads, args.omp_wait)
   side = JaxSide()
   modes = ["eager"] + ([] if args.no_compile else ["compiled"])
   rows, compile_rows = [], []
@@ -388,6 +398,9 @@ def main() -> None:
         cfg = diffusers_config(dict(NETWORK, image_size=res))
         info = worker("build", res=res, config=cfg, folder=folder, seed=args.seed)
         n_jax = side.load(res, folder)
+        if res == resolutions[0]:
+          import score_jax  # pylint: disable=import-outside-toplevel
+          print(f"# score_jax from {os.path.dirname(score_jax.__file__)}")
         rng = np.random.default_rng(args.seed)
         x = rng.uniform(-1, 1, (4, res, res, 3)).astype(np.float32)
         sigma = np.asarray([0.05, 1.0, 20.0, 300.0], np.float32)
@@ -398,8 +411,8 @@ def main() -> None:
         out = side.forward(res, x, sigma) / sigma[:, None, None, None]  # diffusers returns net / σ
         diff = float(np.max(np.abs(out - ref)))
         print(f"# {res}x{res}: {n_jax:,} parameters in score_jax, {info['params']:,} in diffusers (torch "
-              f"{info['torch']}, {info['threads']} threads; {info['patched_attention_norms']} attention GroupNorms "
-              f"set to NCSN++'s group count); forward max |score_jax - diffusers| = {diff:.2e} "
+              f"{info['torch']}, {info['threads']} threads; {info['patched_norms']} GroupNorms set to "
+              f"NCSN++'s group count); forward max |score_jax - diffusers| = {diff:.2e} "
               f"(outputs up to {float(np.max(np.abs(ref))):.2f})")
         for batch in batches:
           for op in ops:

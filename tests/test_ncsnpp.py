@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax.models import MODELS, NCSNpp, UNet, get_model
+from score_jax.models import MODELS, NCSNpp, UNet, get_model, layers
 from score_jax.models import up_or_down_sampling as uds
 
 # XLA:CPU options that cut compile time (the checks here are about values, not speed).
@@ -119,6 +119,37 @@ def test_fir_down_after_up_is_identity_on_smooth_images():
   np.testing.assert_allclose(round_trip[inner + (0,)], x[inner + (0,)], atol=1e-5)  # exact on linear images
   assert np.max(np.abs(round_trip[inner + (1,)] - x[inner + (1,)])) < 0.1  # 16-pixel period: mild blur
   np.testing.assert_array_equal(uds.naive_downsample_2d(uds.naive_upsample_2d(x)), x)
+
+
+def test_separable_fir_matches_the_depthwise_convolution():
+  # The fast path (two 1-D passes of shifted slices, polyphase when upsampling) against the
+  # single depthwise 2-D convolution it replaced, in float64: equal to round-off.
+  cases = [(taps, up, down, pad) for taps in ((1, 3, 3, 1), (1, 2, -0.5))
+           for up, down, pad in ((1, 2, (1, 1)), (2, 1, (2, 1)), (1, 1, (-1, 2)), (3, 1, (2, 2)))]
+
+  def both(x):
+    return [(uds.upfirdn2d(x, uds.setup_kernel(taps), up=up, down=down, pad=pad),
+             uds.upfirdn2d(x, uds.setup_kernel(taps), up=up, down=down, pad=pad, separable=False))
+            for taps, up, down, pad in cases]
+
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 5, 3)))
+    for case, (fast, slow) in zip(cases, _compile(both, x)(x)):
+      assert fast.shape == slow.shape and fast.dtype == jnp.float64
+      np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-13, err_msg=str(case))
+  assert uds._separable_taps(np.array([[1.0, 2.0], [0.0, 3.0]])) is None  # 2-D path: checked against NumPy above
+
+
+def test_group_norm_matches_flax():
+  ours, ref = layers.group_norm(12), flax.linen.GroupNorm(num_groups=3, epsilon=1e-6)
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(1).normal(2.0, 3.0, size=(2, 4, 3, 12)))
+    params = {"params": {"scale": jnp.linspace(0.5, 1.5, 12), "bias": jnp.linspace(-1.0, 1.0, 12)}}
+    assert jax.tree.map(jnp.shape, jax.eval_shape(ours.init, jax.random.PRNGKey(0), x)) == \
+        jax.tree.map(jnp.shape, params)  # flax's parameter names and shapes: checkpoints still load
+    both = lambda p, x: (ours.apply(p, x), ref.apply(p, x))  # noqa: E731
+    got, want = _compile(both, params, x)(params, x)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("kernel", [(1, 1), (1, 3, 3, 1), (1, 4, 6, 4, 1)])
