@@ -36,7 +36,8 @@ What is compared, for each resolution R (default 32 and 64):
   foreach EMA.
 
 Every op is timed in three columns: score_jax (jitted), torch eager, and torch with
-``torch.compile(model)`` (the optimizer / sampler arithmetic around it stays eager).  Warm-up
+``torch.compile(model, dynamic=True)`` (the optimizer / sampler arithmetic around it stays
+eager; diffusers' code still made it recompile once for a second batch size).  Warm-up
 calls come first (JAX: the compile, reported separately; torch.compile: its first calls,
 reported too), then the repetitions are *interleaved* — jax, eager, compiled, jax, eager, … —
 so a load change on a shared machine hits all columns alike; the table shows medians.  torch
@@ -46,6 +47,12 @@ Times are wall-clock seconds per call including the device sync (``block_until_r
 
 Output: a markdown table (ratios score_jax / eager and score_jax / compiled; < 1 means
 score_jax is faster) and the JAX compile times, plus ``uptime``'s load average before and after.
+
+Run time: the default set without ``--no_compile`` is dominated by compilation — score_jax's
+(about 7 min of the 17.5 min the ``--no_compile`` run took on 2 cores loaded by other jobs)
+and inductor's (its training graph took over 10 min on that loaded machine; inductor caches it
+under /tmp/torchinductor_*, so a second run is much shorter).  Narrow it with ``--ops``,
+``--batches``, ``--resolutions`` or ``--no_compile``.
 """
 
 from __future__ import annotations
@@ -120,7 +127,7 @@ class _TorchSide:
     if folder:
       model.save_pretrained(folder, safe_serialization=True)
     self.models[res] = model
-    self.compiled[res] = torch.compile(model, dynamic=True)  # one graph for every batch size
+    self.compiled[res] = torch.compile(model, dynamic=True)  # fewer recompiles across batch sizes
     return {"params": sum(p.numel() for p in model.parameters()), "patched_norms": patched,
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
