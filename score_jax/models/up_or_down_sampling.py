@@ -98,7 +98,7 @@ def _separable_taps(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
   if s[0] == 0 or (s.size > 1 and s[1] > 1e-12 * s[0]):
     return None
   a, b = u[:, 0] * np.sqrt(s[0]), vt[0] * np.sqrt(s[0])
-  if a.sum() < 0:  # the same factors, with the sign on neither (cosmetic: a and b stay positive for (1, 3, 3, 1))
+  if a.sum() < 0:  # SVD's sign is arbitrary: flip both (same product) so a, b are positive for positive taps
     a, b = -a, -b
   if not np.allclose(np.outer(a, b), k, rtol=0.0, atol=1e-14 * np.abs(k).max()):
     return None
@@ -112,7 +112,7 @@ def _upfirdn1d(x: Array, k: np.ndarray, *, axis: int, up: int, down: int, pad: t
   these are K strided slices of the padded input.  With up > 1 (down = 1) it is polyphase:
   output phase r = n mod up reads only the taps t ≡ pad[0] − r (mod up), so each phase is a
   short filter on the input itself, and the phases are interleaved (no zeros are multiplied).
-  Every form is one fused elementwise loop in XLA: no convolution, no zero-stuffed copy.
+  XLA fuses the slices and weighted sums into elementwise loops: no convolution, no zero-stuffed copy.
   """
   length, size = x.shape[axis], k.shape[0]
   flipped = k[::-1]
