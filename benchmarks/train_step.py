@@ -16,6 +16,7 @@ cost analysis of the compiled step; MFU = FLOPs / step time / peak.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -64,7 +65,7 @@ def main() -> None:
   repl = sharding_lib.replicated(setup.mesh)
   shapes = experiment.abstract_batch(setup)
   batch_sh = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), shapes)
-  state = jax.jit(lambda k: experiment.init_state(setup, k), out_shardings=repl)(keys["init"])
+  state = experiment.run_once(functools.partial(experiment.init_state, setup), keys["init"], out_shardings=repl)
   step_fn = jax.jit(train.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_sh),
                     out_shardings=(repl, repl), donate_argnums=0)
 

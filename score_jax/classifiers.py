@@ -203,7 +203,7 @@ def fit(model: Any, data: experiment.ImageData, opts: FitOptions, *, key: jax.Ar
   Returns:
     (params, final loss, training seconds).
   """
-  params = model.init(key, *init_inputs)["params"]
+  params = experiment.run_once(lambda k: model.init(k, *init_inputs)["params"], key)
   tx = optax.adam(optax.cosine_decay_schedule(opts.lr, opts.num_steps))
   opt_state = tx.init(params)
   shift = opts.max_shift

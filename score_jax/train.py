@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -317,7 +318,7 @@ def _output_paths(workdir: str, step: int, setup: experiment.Setup) -> dict[str,
           "metrics_json": os.path.join(workdir, f"metrics_step{step}.json")}
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
+def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Optional[jax.sharding.Mesh] = None) -> TrainResult:
   """Trains a score model on ``config.data``; at the end samples its EMA parameters.
 
   Resumes from the newest readable checkpoint in ``<workdir>/checkpoints`` when there is one
@@ -327,6 +328,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
   Args:
     config: the full config (see ``configs/default_ve.py`` or ``configs/toy/gmm2d.py``).
     workdir: the run's folder (created if missing).
+    mesh: the devices to train on; default ``sharding.make_mesh()`` over every device (pass e.g.
+      ``sharding.make_mesh(devices=jax.devices()[:1])`` to train on one).
 
   Returns:
     A ``TrainResult``.
@@ -339,7 +342,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
     checkpointing.UnreadableCheckpointError: checkpoints exist but none is readable.
     checkpointing.DiskFullError: a save ran out of space (the previous checkpoint is intact).
   """
-  setup = experiment.build(config)
+  setup = experiment.build(config, mesh=mesh)
   experiment.check(not setup.pretrained, "config.model.pretrained",
                    f"is {setup.pretrained!r}, but training starts from fresh weights; it is read by --mode=sample "
                    "and --mode=eval only (leave it empty to train).")
@@ -369,7 +372,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str, setup: experiment.Setu
       state = found[1]
       logging.info("Resuming from the checkpoint of step %d in %s.", int(state.step), ckpt.directory)
     else:
-      state = jax.jit(lambda key: experiment.init_state(setup, key), out_shardings=repl)(keys["init"])
+      state = experiment.run_once(functools.partial(experiment.init_state, setup), keys["init"], out_shardings=repl)
     start_step = int(state.step)
     if start_step > num_steps:
       raise ConfigError(f"config.training.num_steps: {num_steps} is below the step of the latest checkpoint "
