@@ -493,10 +493,10 @@ def make_bpd_eval(setup: experiment.Setup, opts: EvalOptions) -> Callable[[Any],
   data = setup.data
   null_label = jnp.full((1,), setup.num_classes, jnp.int32) if setup.num_classes else None
 
-  def score_fn_of(params: Any) -> Callable:
-    # likelihood caches its compiled solve on the score_fn object: one object per checkpoint
-    # serves all of its batches (a new checkpoint compiles anew; its parameters are constants).
-    return setup.score_fn(params, null_label)
+  def score_fn(params: Any, x: Array, t: Array) -> Array:
+    # One object for the whole run, the parameters an argument of the compiled solve
+    # (likelihood's ``params``): every checkpoint reuses the solve compiled for the first.
+    return setup.score_fn(params, null_label)(x, t)
 
   if isinstance(data, experiment.ToyData):
     n = opts.bpd_num_examples or 1000
@@ -505,13 +505,13 @@ def make_bpd_eval(setup: experiment.Setup, opts: EvalOptions) -> Callable[[Any],
     target_bpd = -np.asarray(data.target.log_prob(jnp.asarray(x_all))) / (d * math.log(2.0))  # [n]
 
     def bpd(params: Any) -> dict[str, Any]:
-      score_fn = score_fn_of(params)
       values, nfes = [], []
       for start in range(0, n, opts.batch_size):
         x = x_all[start:start + opts.batch_size]
         pad = opts.batch_size - x.shape[0]
         xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-        b, nfe = likelihood.bits_per_dim(key, setup.sde, score_fn, jnp.asarray(xp), first_index=start, **options)
+        b, nfe = likelihood.bits_per_dim(key, setup.sde, score_fn, jnp.asarray(xp), first_index=start, params=params,
+                                         **options)
         values.append(np.asarray(b)[:x.shape[0]])
         nfes.append(int(nfe))
       values = np.concatenate(values)
@@ -531,8 +531,8 @@ def make_bpd_eval(setup: experiment.Setup, opts: EvalOptions) -> Callable[[Any],
 
   def bpd(params: Any) -> dict[str, Any]:
     values, nfe = likelihood.bits_per_dim_dataset(
-        key, setup.sde, score_fn_of(params), images, levels=levels, data_range=data.data_range,
-        batch_size=min(opts.batch_size, n), num_repeats=opts.bpd_num_repeats, **options)  # [R, n], [R, batches]
+        key, setup.sde, score_fn, images, levels=levels, data_range=data.data_range,
+        batch_size=min(opts.batch_size, n), num_repeats=opts.bpd_num_repeats, params=params, **options)  # [R, n], [R, batches]
     per_example = values.mean(axis=0)  # [n]
     return {"bpd": float(values.mean()), "bpd_sem": float(per_example.std() / math.sqrt(n)),
             "bpd_nfe": float(nfe.mean()), "bpd_num_examples": int(n), "bpd_num_repeats": opts.bpd_num_repeats}
