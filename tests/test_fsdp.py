@@ -64,16 +64,18 @@ for name, fsdp in (("replicated", False), ("fsdp", True)):
 print("RESULT " + json.dumps(out))
 """
 
-# Restores the FSDP checkpoint of step STEPS on 2 devices with the FSDP target shardings.
+# Restores the checkpoints of step STEPS on 2 devices with the FSDP target shardings: the FSDP
+# run's, and the replicated run's (a replicated run resumed with FSDP).
 RESTORE_2 = """
 import json, sys
 import jax, numpy as np
 sys.path.insert(0, {root!r}); sys.path.insert(0, {root!r} + "/tests")
 from test_fsdp import _config, _restore, _flat
-state = _restore(_config(True), {workdir!r})
-saved = np.load({npz!r})
-out = {{"devices": jax.device_count(),
-        "equal": all(np.array_equal(saved[k], v) for k, v in _flat(state).items()),
+def equal(name):
+  saved = np.load({tmp!r} + f"/{{name}}.npz")
+  return all(np.array_equal(saved[k], v) for k, v in _flat(_restore(_config(True), {tmp!r} + "/" + name)).items())
+state = _restore(_config(True), {tmp!r} + "/fsdp")
+out = {{"devices": jax.device_count(), "equal": equal("fsdp"), "replicated_equal": equal("replicated"),
         "shards": {{k: [str(x.sharding.spec), list(x.addressable_shards[0].data.shape), len(x.sharding.device_set)]
                    for k, x in zip(_flat(state), jax.tree.leaves(state))}}}}
 print("RESULT " + json.dumps(out))
@@ -154,7 +156,7 @@ def test_four_devices_fsdp_matches_replicated_run(runs):
   assert metrics["num_devices"] == 4 and np.isfinite(metrics["final_loss"])
 
 
-def test_fsdp_checkpoint_restores_on_one_and_two_devices(runs):
+def test_checkpoint_of_four_devices_restores_on_one_and_two(runs):
   workdir = os.path.join(runs["tmp"], "fsdp")
   saved = np.load(os.path.join(runs["tmp"], "fsdp.npz"))
   # 1 device (this process), with the FSDP and with the replicated target shardings.
@@ -166,9 +168,8 @@ def test_fsdp_checkpoint_restores_on_one_and_two_devices(runs):
       np.testing.assert_array_equal(v, saved[k], err_msg=k)
     assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(state))
   # 2 devices (a child): split in halves where the 4-device run split in quarters.
-  out = _child(RESTORE_2.format(root=str(run_main.ROOT), workdir=workdir,
-                                npz=os.path.join(runs["tmp"], "fsdp.npz")), devices=2)
-  assert out["devices"] == 2 and out["equal"]
+  out = _child(RESTORE_2.format(root=str(run_main.ROOT), tmp=runs["tmp"]), devices=2)
+  assert out["devices"] == 2 and out["equal"] and out["replicated_equal"]
   for k, (spec, shard, ndev) in out["shards"].items():
     _, _, shape = runs["fsdp"][k]
     assert ndev == 2
