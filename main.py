@@ -54,8 +54,8 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed without autodetection.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed without autodetection.")
 flags.DEFINE_integer("process_id", None, "This process's index, for --distributed without autodetection.")
-flags.DEFINE_string("compilation_cache", None, "Folder of JAX's persistent compilation cache, or 'off'; default "
-                    "$JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME/score_jax/jax (~/.cache/score_jax/jax).")
+flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache folder, or 'off'; default "
+                    "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/score_jax/jax.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors a user can fix from the command line (one line, no traceback), besides the library's
