@@ -1,14 +1,22 @@
-"""FSDP (``config.training.fsdp``): the sharding rule; 4 simulated devices training with sharded
+"""FSDP and compile once (README "Scaling out").
+
+FSDP (``config.training.fsdp``): the sharding rule; 4 simulated devices training with sharded
 parameters, EMA and optimizer state reach the replicated run's parameters; the checkpoint they
-write restores on 1 device (this process) and on 2 (a child), equal to what was saved; a
-1-device eval of its 3 checkpoints compiles the bits/dim solve once.
+write restores on 1 device (this process) and on 2 (a child), equal to what was saved.
+
+Compile once: a ``main.py`` run of the FSDP config after the first loads its train step and
+sampler from the persistent compilation cache; a 1-device eval of the 3 FSDP checkpoints
+compiles the bits/dim solve once.
 
 One 4-device child trains both runs (the toy target's smoke config: the same sharded step,
-Orbax saves and sampler as the image configs, at a fraction of their compile time).
+Orbax saves and sampler as the image configs, at a fraction of their compile time), with a
+compilation cache of its own so that its compiles are cold and the ``main.py`` run's warm.
 """
 
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +26,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from score_jax import checkpointing
+from score_jax import compilation
 from score_jax import config_files
 from score_jax import evaluate
 from score_jax import experiment
@@ -31,16 +40,24 @@ pytestmark = pytest.mark.xdist_group("fsdp")
 
 STEPS = 12
 MIN_SIZE = 64  # the smoke MLP's 16×16 kernels are sharded, its biases replicated
+CONFIG = "configs/toy/gmm2d.py:smoke"
+OVERRIDES = {"training.num_steps": STEPS, "training.snapshot_freq": 4, "training.max_to_keep": 3,
+             "training.log_freq": 4, "training.fsdp_min_size": MIN_SIZE, "sampling.num_samples": 16,
+             "sampling.pc.num_steps": 4}
+LINE = re.compile(r"Compile: (train step|sampler) ([0-9.]+) s \((\d+) executable\(s\), (\d+) from the persistent cache")
 
 
 def _config(fsdp: bool):
-  config = config_files.load("configs/toy/gmm2d.py:smoke")
-  tr = config.training
-  tr.num_steps, tr.snapshot_freq, tr.max_to_keep, tr.log_freq = STEPS, 4, 3, 4
-  tr.fsdp, tr.fsdp_min_size = fsdp, MIN_SIZE
-  config.sampling.num_samples = 16
-  config.sampling.pc.num_steps = 4
+  config = config_files.load(CONFIG)
+  for name, value in {**OVERRIDES, "training.fsdp": fsdp}.items():
+    section, field = name.rsplit(".", 1)
+    setattr(functools.reduce(getattr, section.split("."), config), field, value)
   return config
+
+
+def _env(devices: int, cache: str) -> dict:
+  """A child's environment with its own compilation cache, every program stored."""
+  return dict(run_main.env(devices), JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 def _flat(tree) -> dict:
@@ -61,6 +78,7 @@ for name, fsdp in (("replicated", False), ("fsdp", True)):
   np.savez({tmp!r} + f"/{{name}}.npz", **_flat(result.state))
   out[name] = {{k: [str(x.sharding.spec), list(x.addressable_shards[0].data.shape), list(x.shape)]
                for k, x in zip(_flat(result.state), jax.tree.leaves(result.state))}}
+  out[name + "_compile"] = result.metrics["compile"]
 print("RESULT " + json.dumps(out))
 """
 
@@ -91,8 +109,9 @@ def _restore(config, workdir: str):
     return ckpt.restore(experiment.abstract_state(setup, key, shardings), step=STEPS)
 
 
-def _child(script: str, devices: int) -> dict:
-  result = run_main.run([sys.executable, "-c", script], devices=devices)
+def _child(script: str, devices: int, cache: str) -> dict:
+  result = subprocess.run([sys.executable, "-c", script], cwd=run_main.ROOT, env=_env(devices, cache),
+                          capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))
   return json.loads(line[len("RESULT "):])
@@ -101,7 +120,7 @@ def _child(script: str, devices: int) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   tmp = str(tmp_path_factory.mktemp("fsdp"))
-  out = _child(TRAIN_4.format(root=str(run_main.ROOT), tmp=tmp), devices=4)
+  out = _child(TRAIN_4.format(root=str(run_main.ROOT), tmp=tmp), devices=4, cache=os.path.join(tmp, "cache"))
   out["tmp"] = tmp
   return out
 
@@ -168,7 +187,8 @@ def test_checkpoint_of_four_devices_restores_on_one_and_two(runs):
       np.testing.assert_array_equal(v, saved[k], err_msg=k)
     assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(state))
   # 2 devices (a child): split in halves where the 4-device run split in quarters.
-  out = _child(RESTORE_2.format(root=str(run_main.ROOT), tmp=runs["tmp"]), devices=2)
+  out = _child(RESTORE_2.format(root=str(run_main.ROOT), tmp=runs["tmp"]), devices=2,
+               cache=os.path.join(runs["tmp"], "cache"))
   assert out["devices"] == 2 and out["equal"] and out["replicated_equal"]
   for k, (spec, shard, ndev) in out["shards"].items():
     _, _, shape = runs["fsdp"][k]
@@ -191,3 +211,43 @@ def test_one_device_eval_of_three_fsdp_checkpoints_compiles_bpd_once(runs):
   assert all(np.isfinite(r["bpd"]) for r in records)
   assert len({r["bpd"] for r in records}) == 3  # three different models, one compiled solve
   assert likelihood._solve._cache_size() - before == 1  # pylint: disable=protected-access
+
+
+def test_second_run_of_the_same_config_loads_from_the_cache(runs):
+  # The FSDP run again, now through main.py into a new workdir, with the child's cache folder.
+  tmp = runs["tmp"]
+  cache, workdir = os.path.join(tmp, "cache"), os.path.join(tmp, "fsdp_again")
+  overrides = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "training.fsdp": True}.items()]
+  cmd = run_main.main_command(workdir, CONFIG, [*overrides, f"--compilation_cache={cache}"])
+  result = subprocess.run(cmd, cwd=run_main.ROOT, env=_env(4, os.path.join(tmp, "unused")), capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Persistent compilation cache: {cache}." in result.stderr  # the flag wins over the environment
+  lines = {m.group(1): (float(m.group(2)), int(m.group(3)), int(m.group(4))) for m in LINE.finditer(result.stderr)}
+  first = runs["fsdp_compile"]
+  assert set(lines) == set(first) == {"train step", "sampler"}
+  for what, (seconds, n, hits) in lines.items():
+    assert first[what]["cache_hits"] == 0 and first[what]["compiles"] >= 1, (what, first)  # compiled the first time
+    assert n >= 1 and hits == n, (what, lines)  # loaded the second
+    assert seconds < first[what]["compile_s"], (what, seconds, first)
+  # Same config, same parameters.
+  run_main.assert_trees_close(run_main.saved_state(workdir, STEPS)["params"],
+                              run_main.saved_state(os.path.join(tmp, "fsdp"), STEPS)["params"], rtol=0, atol=0)
+
+
+def test_cache_folder_precedence(monkeypatch, tmp_path):
+  saved = {name: getattr(jax.config, name) for name in ("jax_compilation_cache_dir", "jax_enable_compilation_cache")}
+  try:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert compilation.enable_persistent_cache() == str(tmp_path / "xdg" / "score_jax" / "jax")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xdg" / "score_jax" / "jax")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))  # set by the user (or the tests)
+    assert compilation.enable_persistent_cache() == str(tmp_path / "env")
+    assert compilation.enable_persistent_cache(str(tmp_path / "flag")) == str(tmp_path / "flag")  # the flag wins
+    assert jax.config.jax_enable_compilation_cache
+    assert compilation.enable_persistent_cache("off") is None
+    assert not jax.config.jax_enable_compilation_cache
+  finally:
+    for name, value in saved.items():
+      jax.config.update(name, value)
