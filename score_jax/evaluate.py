@@ -63,6 +63,7 @@ import numpy as np
 
 from score_jax import checkpointing
 from score_jax import classifiers
+from score_jax import compilation
 from score_jax import experiment
 from score_jax import likelihood
 from score_jax import outputs
@@ -631,8 +632,10 @@ class _Evaluator:
       logging.info("Step %d: bits/dim of %d examples (rtol %g, atol %g).", step, self.bpd.num_examples,
                    self.opts.bpd_rtol, self.opts.bpd_atol)
       t0 = time.perf_counter()
-      record.update(self.bpd(params))
+      with compilation.compile_events() as compiled:
+        record.update(self.bpd(params))
       record["bpd_time_s"] = time.perf_counter() - t0
+      record["bpd_compiles"] = compiled.compiles  # the first checkpoint's; 0 after (parameters are an argument)
     if self.draw is not None:
       logging.info("Step %d: drawing %d samples (%s).", step, self.opts.num_samples, self.setup.sampling_method)
       record.update(self._sample_metrics(params, step))
