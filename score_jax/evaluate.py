@@ -532,8 +532,8 @@ def make_bpd_eval(setup: experiment.Setup, opts: EvalOptions) -> Callable[[Any],
 
   def bpd(params: Any) -> dict[str, Any]:
     values, nfe = likelihood.bits_per_dim_dataset(
-        key, setup.sde, score_fn, images, levels=levels, data_range=data.data_range,
-        batch_size=min(opts.batch_size, n), num_repeats=opts.bpd_num_repeats, params=params, **options)  # [R, n], [R, batches]
+        key, setup.sde, score_fn, images, levels=levels, data_range=data.data_range, batch_size=min(opts.batch_size, n),
+        num_repeats=opts.bpd_num_repeats, params=params, **options)  # [R, n], [R, batches]
     per_example = values.mean(axis=0)  # [n]
     return {"bpd": float(values.mean()), "bpd_sem": float(per_example.std() / math.sqrt(n)),
             "bpd_nfe": float(nfe.mean()), "bpd_num_examples": int(n), "bpd_num_repeats": opts.bpd_num_repeats}
