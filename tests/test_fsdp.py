@@ -43,7 +43,7 @@ MIN_SIZE = 64  # the smoke MLP's 16×16 kernels are sharded, its biases replicat
 CONFIG = "configs/toy/gmm2d.py:smoke"
 OVERRIDES = {"training.num_steps": STEPS, "training.snapshot_freq": 4, "training.max_to_keep": 3,
              "training.log_freq": 4, "training.fsdp_min_size": MIN_SIZE, "sampling.num_samples": 16,
-             "sampling.pc.num_steps": 4}
+             "sampling.pc.num_steps": 4, "sampling.pc.corrector": "none"}
 LINE = re.compile(r"Compile: (train step|sampler) ([0-9.]+) s \((\d+) executable\(s\), (\d+) from the persistent cache")
 
 
