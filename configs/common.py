@@ -78,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
   training.sample_freq = 50_000
   training.skip_nonfinite = False
   training.label_dropout = 0.0
+  # FSDP: shard parameters, EMA and optimizer state over the "data" axis (score_jax/sharding.py);
+  # arrays with fewer than fsdp_min_size elements stay replicated.
+  training.fsdp = False
+  training.fsdp_min_size = 2 ** 14
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"

@@ -328,6 +328,11 @@ def _validate_training(config: ConfigDict) -> None:
   rate = config.model.ema_rate
   check(isinstance(rate, (int, float)) and 0.0 <= rate < 1.0, "config.model.ema_rate",
         f"must lie in [0, 1), got {rate!r}.")
+  check(isinstance(tr.get("fsdp", False), bool), "config.training.fsdp",
+        f"must be True or False, got {tr.get('fsdp')!r}.")
+  min_size = tr.get("fsdp_min_size", sharding_lib.FSDP_MIN_SIZE)
+  check(is_int(min_size) and min_size >= 0, "config.training.fsdp_min_size",
+        f"must be an integer >= 0 (arrays with fewer elements stay replicated under FSDP), got {min_size!r}.")
   n = config.sampling.num_samples
   check(is_int(n) and n >= 1, "config.sampling.num_samples", f"must be an integer >= 1, got {n!r}.")
   check(is_int(config.seed), "config.seed", f"must be an integer, got {config.seed!r}.")
@@ -493,12 +498,16 @@ def abstract_state(setup: Setup, key: jax.Array, sharding: Any = None) -> ts_lib
   Args:
     setup: the components.
     key: the init key.
-    sharding: when given, every leaf carries it (e.g. ``sharding.replicated(mesh)``).
+    sharding: when given, every leaf carries it (e.g. ``sharding.replicated(mesh)``), or a
+      tree of shardings of the state's structure (e.g. ``sharding.fsdp_shardings``) gives each
+      leaf its own.
   """
   shapes = jax.eval_shape(functools.partial(init_state, setup), key)
   if sharding is None:
     return shapes
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  if isinstance(sharding, jax.sharding.Sharding):
+    sharding = jax.tree.map(lambda _: sharding, shapes)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, sharding)
 
 
 def num_params(params: Any) -> int:

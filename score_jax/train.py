@@ -2,9 +2,11 @@
 what tests call.  The config becomes components in ``score_jax.experiment``.
 
 The train step is one ``jax.jit`` over a Mesh of every device (``score_jax.sharding``): the
-global batch is split over the "data" axis, the TrainState is replicated and donated.  The
-same code runs on 1 CPU, 8 TPU cores or a pod (``main.py`` calls
-``jax.distributed.initialize()`` on multi-process launches).
+global batch is split over the "data" axis, the TrainState is replicated and donated, or
+with ``config.training.fsdp`` sharded over the same axis (``state_shardings``).  The same
+code runs on 1 CPU, 8 TPU cores or a pod (``main.py`` calls ``jax.distributed.initialize()``
+on multi-process launches).  The first calls of the train step and of the sampler log their
+compile time (``score_jax.compilation``).
 
 Data: a toy target's batch of step s is drawn on the device from ``fold_in(data_key, s)``;
 an image dataset's is ``dataset.batch_at(s, ...)`` (a pure function of (seed, s)), this
@@ -53,6 +55,7 @@ import optax
 import tqdm
 
 from score_jax import checkpointing
+from score_jax import compilation
 from score_jax import experiment
 from score_jax import outputs
 from score_jax import sample as sample_lib
@@ -115,6 +118,21 @@ def make_train_step(setup: experiment.Setup, *,
     return new_state, metrics
 
   return step_fn
+
+
+def state_shardings(config: ConfigDict, setup: experiment.Setup, state: Any) -> Any:
+  """The shardings of the TrainState ``state`` (arrays or ShapeDtypeStructs) on ``setup.mesh``.
+
+  Replicated by default; with ``config.training.fsdp`` parameters, EMA and optimizer state are
+  split over the "data" axis by ``sharding.fsdp_shardings`` (arrays under
+  ``config.training.fsdp_min_size`` elements stay replicated).  A checkpoint restored with
+  these as its target is resharded by Orbax, whatever device count wrote it.
+  """
+  tr = config.training
+  if not tr.get("fsdp", False):
+    return jax.tree.map(lambda _: sharding_lib.replicated(setup.mesh), state)
+  return sharding_lib.fsdp_shardings(state, setup.mesh,
+                                     min_size=tr.get("fsdp_min_size", sharding_lib.FSDP_MIN_SIZE))
 
 
 # --- data feeding -------------------------------------------------------------------------
@@ -364,28 +382,34 @@ def _train_and_evaluate(config: ConfigDict, workdir: str, setup: experiment.Setu
   keys = experiment.keys(config.seed)
   repl = sharding_lib.replicated(setup.mesh)
   batch_shardings = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), experiment.abstract_batch(setup))
+  state_sh = state_shardings(config, setup, experiment.abstract_state(setup, keys["init"]))
 
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=tr.max_to_keep)
   try:
-    found = ckpt.restore_newest_readable(experiment.abstract_state(setup, keys["init"], repl))
+    found = ckpt.restore_newest_readable(experiment.abstract_state(setup, keys["init"], state_sh))
     if found is not None:
       state = found[1]
       logging.info("Resuming from the checkpoint of step %d in %s.", int(state.step), ckpt.directory)
     else:
-      state = experiment.run_once(functools.partial(experiment.init_state, setup), keys["init"], out_shardings=repl)
+      state = experiment.run_once(functools.partial(experiment.init_state, setup), keys["init"],
+                                  out_shardings=state_sh)
     start_step = int(state.step)
     if start_step > num_steps:
       raise ConfigError(f"config.training.num_steps: {num_steps} is below the step of the latest checkpoint "
                         f"({start_step}) in {ckpt.directory}; raise it or use another --workdir.")
     if jax.process_index() == 0:
       _write_config(config, workdir, start_step)
-    logging.info("%d parameters; %d device(s) in %d process(es); global batch %d.",
-                 experiment.num_params(state.params), setup.mesh.size, jax.process_count(), setup.batch_size)
+    logging.info("%d parameters; %d device(s) in %d process(es); global batch %d; state %s.",
+                 experiment.num_params(state.params), setup.mesh.size, jax.process_count(), setup.batch_size,
+                 "sharded (FSDP)" if tr.get("fsdp", False) else "replicated")
 
-    step_fn = jax.jit(make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_shardings),
-                      out_shardings=(repl, repl), donate_argnums=0)
-    sampler = sample_lib.make_sampler(setup, config.sampling.num_samples,  # compiles on first use
-                                      batch_size=config.sampling.get("batch_size"))
+    compiled: dict[str, compilation.CompileStats] = {}
+    step_fn = compilation.timed_first_call(
+        jax.jit(make_train_step(setup, train_key=keys["train"]), in_shardings=(state_sh, batch_shardings),
+                out_shardings=(state_sh, repl), donate_argnums=0), "train step", compiled)
+    sampler = compilation.timed_first_call(  # compiles on first use
+        sample_lib.make_sampler(setup, config.sampling.num_samples, batch_size=config.sampling.get("batch_size")),
+        "sampler", compiled)
     t0 = time.perf_counter()
     feeder = BatchFeeder(setup, keys["data"])
     log = ScalarLog(workdir, start_step=start_step, num_steps=num_steps, batch_size=setup.batch_size,
@@ -417,7 +441,8 @@ def _train_and_evaluate(config: ConfigDict, workdir: str, setup: experiment.Setu
   t1 = time.perf_counter()
   x, nfe = sampler(state.ema_params, jax.random.fold_in(keys["sample"], num_steps))
   extra.update({"nfe": nfe, "sample_time_s": time.perf_counter() - t1, "num_samples": int(x.shape[0]),
-                "sampling": {"method": setup.sampling_method, **setup.sampling_options}})
+                "sampling": {"method": setup.sampling_method, **setup.sampling_options},
+                "compile": {what: stats.as_dict() for what, stats in compiled.items()}})
   metrics = sample_lib.write_samples(setup, x, **final, title=f"{setup.data.name}, EMA model at step {num_steps}",
                                      eval_key=jax.random.fold_in(keys["eval"], num_steps), extra=extra)
   return TrainResult(state=state, start_step=start_step, preempted=False, history=log.history, metrics=metrics,
