@@ -27,6 +27,7 @@ sys.path.insert(0, ROOT)
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from score_jax import compilation  # pylint: disable=g-import-not-at-top
 from score_jax import experiment  # pylint: disable=g-import-not-at-top
 from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
 from score_jax import train  # pylint: disable=g-import-not-at-top
@@ -65,7 +66,7 @@ def main() -> None:
   repl = sharding_lib.replicated(setup.mesh)
   shapes = experiment.abstract_batch(setup)
   batch_sh = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), shapes)
-  state = experiment.run_once(functools.partial(experiment.init_state, setup), keys["init"], out_shardings=repl)
+  state = compilation.run_once(functools.partial(experiment.init_state, setup), keys["init"], out_shardings=repl)
   step_fn = jax.jit(train.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_sh),
                     out_shardings=(repl, repl), donate_argnums=0)
 

@@ -465,21 +465,6 @@ def abstract_batch(setup: Setup) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 # --- state --------------------------------------------------------------------------------
-def run_once(fn: Callable[..., Any], *args: Any, out_shardings: Any = None) -> Any:
-  """``jax.jit(fn, out_shardings=...)(*args)`` for a program that runs once, such as initialisation.
-
-  On CPU it compiles with LLVM's optimisation off: initialisation is dozens of threefry draws
-  of distinct shapes, which XLA:CPU spends seconds each optimising (the digits smoke network's
-  init compiled in ~30 s, against ~5 s unoptimised, on a 2-core CPU) for a program whose run
-  time is milliseconds.  The values agree with an optimised compile's to float rounding
-  (LLVM contracts a few multiply-adds differently: 1-ulp differences).  Other backends compile
-  as usual.
-  """
-  lowered = jax.jit(fn, out_shardings=out_shardings).lower(*args)
-  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-  return lowered.compile(compiler_options=options)(*args)
-
-
 def init_params(setup: Setup, key: jax.Array) -> Any:
   """Fresh network parameters from ``key``."""
   x = jnp.zeros((1,) + setup.data_shape, jnp.float32)  # [1, ...]

@@ -391,7 +391,7 @@ def _train_and_evaluate(config: ConfigDict, workdir: str, setup: experiment.Setu
       state = found[1]
       logging.info("Resuming from the checkpoint of step %d in %s.", int(state.step), ckpt.directory)
     else:
-      state = experiment.run_once(functools.partial(experiment.init_state, setup), keys["init"],
+      state = compilation.run_once(functools.partial(experiment.init_state, setup), keys["init"],
                                   out_shardings=state_sh)
     start_step = int(state.step)
     if start_step > num_steps:
