@@ -17,7 +17,11 @@ Peaks (dense, no sparsity; NVIDIA's data sheets): H100 SXM and H200 989 TFLOP/s 
 cuBLAS use TF32 for float32 convolutions and matmuls at JAX's default precision.  Other
 devices: pass ``--peak_tflops_bf16`` and ``--peak_tflops_fp32`` (or MFU is left empty).
 A setting that runs out of device memory is reported as such and the run goes on.
-The table is printed as markdown and the rows are written as JSON to ``--out``.
+Last, the compiled per-device memory of the AFHQ-512 train step (``benchmarks/memory.py``'s
+measurement, on this device's compiler) plain / remat / accum / both in ``--memory_dtypes``:
+XLA:CPU's scheduler hoists rematerialised forward passes and shows no saving from remat, so
+the GPU compile is the figure that counts.  Compile only; nothing runs.
+The tables are printed as markdown and the rows are written as JSON to ``--out``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from score_jax import experiment  # pylint: disable=g-import-not-at-top
 from score_jax import sampling  # pylint: disable=g-import-not-at-top
 from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
 from score_jax import train  # pylint: disable=g-import-not-at-top
+import memory as memory_bench  # pylint: disable=g-import-not-at-top
 import train_step as bench  # pylint: disable=g-import-not-at-top
 
 CONFIGS = {"cifar10": "configs/ve/cifar10_ncsnpp_continuous.py", "afhq_512": "configs/ve/afhq_512.py"}
@@ -184,13 +189,16 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--sample_repeats", type=int, default=2, help="timed sampler calls after one warm-up")
   parser.add_argument("--peak_tflops_bf16", type=float, default=None, help="device peak for bfloat16 (H100/H200: 989)")
   parser.add_argument("--peak_tflops_fp32", type=float, default=None, help="device peak for float32 (TF32; H100/H200: 495)")
+  parser.add_argument("--memory_modes", default="plain,remat,both",
+                      help="AFHQ-512 settings whose compiled memory is reported; empty: none")
+  parser.add_argument("--memory_dtypes", default="float32", help="dtypes of the memory rows (comma list)")
   parser.add_argument("--dry_run", action="store_true",
                       help="the configs' smoke variants (16 px, tiny networks), 2 steps, 2 PC steps: proves the script on a CPU")
   args = parser.parse_args(argv)
   if args.dry_run:
     args.steps, args.sample_steps, args.sample_repeats, args.sample_batch = 2, 2, 1, 4
   for name, allowed in (("configs", CONFIGS), ("dtypes", DTYPES)):
-    unknown = set(getattr(args, name).split(",")) - set(allowed)
+    unknown = set(getattr(args, name).split(",")) - set(allowed) - {""}
     if unknown:
       parser.error(f"--{name}: unknown {sorted(unknown)}; choose from {list(allowed)}")
   if os.path.exists(args.out):
@@ -198,7 +206,7 @@ def main(argv=None) -> list[dict]:
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
   rows = []
   t0 = time.perf_counter()
-  for name in args.configs.split(","):
+  for name in [c for c in args.configs.split(",") if c]:
     for dtype in args.dtypes.split(","):
       try:
         row = run_train(name, dtype, args)
@@ -218,7 +226,18 @@ def main(argv=None) -> list[dict]:
       row.pop("setup"), row.pop("state")
       rows += [row, sample_row]
       print(f"{name} {dtype}: done at {time.perf_counter() - t0:.0f} s", flush=True)
+  memory_rows = []
+  for mode in [m for m in args.memory_modes.split(",") if m]:
+    for dtype in args.memory_dtypes.split(","):
+      row = memory_bench.measure("afhq_512", mode, dtype, smoke=args.dry_run)
+      if row is not None:
+        memory_rows.append(row)
+        print(f"memory afhq_512 {mode} {dtype}: done at {time.perf_counter() - t0:.0f} s", flush=True)
   print(table(rows, device))
+  if memory_rows:
+    print("\nCompiled per-device memory of the AFHQ-512 train step on this device (compile only):\n")
+    print(memory_bench.table(memory_rows))
+  rows += [dict(r, kind="memory") for r in memory_rows]
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "x") as f:
     json.dump({"device": device, "jax": jax.__version__, "dry_run": args.dry_run, "rows": rows}, f, indent=2)

@@ -38,8 +38,18 @@ DTYPES = ("float32", "bfloat16")
 GPU_BYTES, TPU_CORE_BYTES = 80e9, 16e9
 
 
-def _measure(config_name: str, mode: str, dtype: str) -> dict | None:
-  """One row, in a process whose device count is already set."""
+def measure(config_name: str, mode: str, dtype: str, *, smoke: bool = False) -> dict | None:
+  """One row, in a process whose device count is already set (also called by ``gpu.py`` on a GPU).
+
+  Args:
+    config_name: a key of CONFIGS.
+    mode: one of MODES.
+    dtype: one of DTYPES.
+    smoke: the config's smoke variant (16 px, tiny network) at batch 8, for dry runs.
+
+  Returns:
+    The row, or None when ``mode`` accumulates and there is one example per device.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from score_jax import experiment  # pylint: disable=g-import-not-at-top
   from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
@@ -48,12 +58,13 @@ def _measure(config_name: str, mode: str, dtype: str) -> dict | None:
   import train_step as bench  # pylint: disable=g-import-not-at-top
 
   path, batch = CONFIGS[config_name]
+  batch = 8 if smoke else batch
   devices = jax.device_count()
   per_device = batch // devices
   accum = per_device if mode in ("accum", "both") else 1
   if mode in ("accum", "both") and accum == 1:
     return None
-  config = bench.load_config(path)
+  config = bench.load_config(path + (":smoke" if smoke else ""))
   bench.use_synthetic_data(config)
   config.training.batch_size = batch
   config.training.remat = mode in ("remat", "both")
@@ -84,15 +95,15 @@ def _worker(args: argparse.Namespace) -> None:
   for config_name in args.configs.split(","):
     for mode in args.modes.split(","):
       for dtype in args.dtypes.split(","):
-        row = _measure(config_name, mode, dtype)
+        row = measure(config_name, mode, dtype)
         if row is not None:
           print("ROW " + json.dumps(row), flush=True)
 
 
-def _table(rows: list[dict]) -> str:
+def table(rows: list[dict]) -> str:
   gb = lambda b: f"{b / 1e9:.2f}"
   lines = ["| config | batch | devices | setting | grad_accum | dtype | state + batch GB | temporaries GB | "
-           "per-device total GB | fits 80 GB GPU | fits 16 GB TPU core | CPU compile s |",
+           "per-device total GB | fits 80 GB GPU | fits 16 GB TPU core | build + compile s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {os.path.basename(r['config'])} | {r['batch']} | {r['devices']} | {r['mode']} | {r['grad_accum']} | "
@@ -136,7 +147,7 @@ def main() -> None:
     rows += got
   print(f"XLA:CPU buffer assignment of the train step (jax {__import__('jax').__version__}); "
         f"{time.perf_counter() - t0:.0f} s in all; GB = 1e9 bytes.\n")
-  print(_table(rows))
+  print(table(rows))
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "x") as f:
