@@ -131,18 +131,19 @@ def test_bfloat16_keeps_parameters_optimizer_state_and_ema_float32():
 
 def test_bfloat16_tracks_the_float32_loss_over_50_steps():
   # Both runs see the same batches, times and noise, so their losses compare step by step.
-  # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2 % per operation); through
-  # ~30 layers and 50 Adam steps the measured gap is ≈ 1 % per step and 0.3 % on the mean of
-  # the last 10 steps, so the bounds below (5 % per step, 2 % on the mean) leave room for
-  # other CPUs while a network computing in the wrong precision or dtype (≥ 10 %) fails.
+  # bfloat16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2 % per operation).
+  # Measured on this network: 0.27 % at worst over the 50 steps (median 0.09 %), 0.03 % on
+  # the mean of the last 10.  The bounds, 2 % per step and 0.5 % on that mean, leave room for
+  # other CPUs and XLA versions; a network left in float32 would pass, which the jaxpr test
+  # below rules out, and one computing in float16-like precision or with a float16 softmax fails.
   _, _, f32 = _run((), 50)
   _, _, bf16 = _run((("model__dtype", "bfloat16"),), 50)
   a = np.array([m["loss"] for m in f32])
   b = np.array([m["loss"] for m in bf16])
   assert np.all(np.isfinite(b))
   assert a[-10:].mean() < 0.7 * a[:5].mean()  # training moved the loss: the comparison is not of two flat lines
-  assert np.max(np.abs(b - a) / a) < 0.05, np.abs(b - a) / a
-  assert abs(b[-10:].mean() / a[-10:].mean() - 1) < 0.02
+  assert np.max(np.abs(b - a) / a) < 0.02, np.abs(b - a) / a
+  assert abs(b[-10:].mean() / a[-10:].mean() - 1) < 0.005
 
 
 def test_bfloat16_network_computes_in_bfloat16_with_float32_softmax_and_output():
