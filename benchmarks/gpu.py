@@ -1,7 +1,8 @@
 """One prepared GPU session: train-step time, images/s and MFU, and PC-sampling images/s, for
 CIFAR-10 NCSN++ (32 px) and AFHQ NCSN++ (512 px) on synthetic data, in float32 and bfloat16.
 
-    python benchmarks/gpu.py --out=runs/gpu.json                  # on the GPU, ~5-8 min
+    python benchmarks/gpu.py --out=runs/gpu.json                  # on the GPU (not yet timed on one)
+    python benchmarks/gpu.py --out=runs/gpu_afhq.json --configs=afhq_512 --memory_modes=   # a shorter session
     python benchmarks/gpu.py --out=/tmp/gpu_dry.json --dry_run    # tiny shapes on the CPU: proves the script
 
 Per (config, dtype): the real train step (``train.make_train_step``, state donated) on one
