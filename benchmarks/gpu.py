@@ -19,9 +19,9 @@ cuBLAS use TF32 for float32 convolutions and matmuls at JAX's default precision.
 devices: pass ``--peak_tflops_bf16`` and ``--peak_tflops_fp32`` (or MFU is left empty).
 A setting that runs out of device memory is reported as such and the run goes on.
 Last, the compiled per-device memory of the AFHQ-512 train step (``benchmarks/memory.py``'s
-measurement, on this device's compiler) plain / remat / accum / both in ``--memory_dtypes``:
-XLA:CPU's scheduler hoists rematerialised forward passes and shows no saving from remat, so
-the GPU compile is the figure that counts.  Compile only; nothing runs.
+measurement, on this device's compiler) for ``--memory_modes`` in ``--memory_dtypes``:
+XLA:CPU's buffer assignment shows no saving from remat (BENCHMARKS.md), so the GPU
+compile is the figure that counts.  Compile only; nothing runs.
 The tables are printed as markdown and the rows are written as JSON to ``--out``.
 """
 
