@@ -42,6 +42,15 @@ def load_config(spec: str):
   return module.get_config(variant)
 
 
+def use_synthetic_data(config, image_size=None) -> None:
+  """Points ``config.data`` at the embedded shapes at the config's (or ``image_size``) size:
+  nothing to read from disk, batches of the real shape.  Modifies ``config`` in place."""
+  data = config.data
+  data.kind, data.name, data.path = "embedded", "shapes", ""
+  data.image_size = image_size or data.image_size
+  data.options = {"num_train": 16, "num_test": 16}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="config file, optionally path.py:variant")
@@ -57,10 +66,7 @@ def main() -> None:
   if args.batch_size:
     config.training.batch_size = args.batch_size
   if args.synthetic:  # build with embedded shapes of the wanted size: nothing to read
-    data = config.data
-    data.kind, data.name, data.path = "embedded", "shapes", ""
-    data.image_size = args.image_size or data.image_size
-    data.options = {"num_train": 16, "num_test": 16}
+    use_synthetic_data(config, args.image_size)
   setup = experiment.build(config)
   keys = experiment.keys(config.seed)
   repl = sharding_lib.replicated(setup.mesh)

@@ -83,6 +83,13 @@ def make_train_step(setup: experiment.Setup, *,
   norm is not finite is skipped (parameters, EMA and optimizer state kept; the step
   still advances, so the data stream moves on).
 
+  With ``setup.grad_accum`` = k > 1 the gradient is accumulated over k micro-batches in a
+  ``jax.lax.scan`` inside the step: the loss draws its times and noise (and the label
+  dropout its mask) for the whole batch exactly as the plain step does, and micro-batch i
+  takes rows i of every device's share (``microbatch_rows``), so the sum of the k losses
+  and gradients is the full batch's: the same update, to float rounding.  Only network
+  dropout differs: micro-batch i draws it from ``fold_in(dropout_key, i)``.
+
   Args:
     setup: components from ``experiment.build``.
     train_key: base key of the loss's randomness.
@@ -106,7 +113,22 @@ def make_train_step(setup: experiment.Setup, *,
       score_fn = setup.score_fn(params, labels, train=True, dropout_key=dropout_key)
       return setup.loss_fn(key, setup.sde, score_fn, x)
 
-    loss, grads = jax.value_and_grad(loss_of)(state.params)
+    def micro_step(total, i):
+      rows = functools.partial(microbatch_rows, index=i, count=setup.grad_accum, groups=setup.mesh.size)
+
+      def micro_loss(params):
+        score_fn = setup.score_fn(params, None if labels is None else rows(labels), train=True,
+                                  dropout_key=jax.random.fold_in(dropout_key, i))
+        return setup.loss_fn(key, setup.sde, score_fn, x, rows=rows)
+
+      return jax.tree.map(jnp.add, total, jax.value_and_grad(micro_loss)(state.params)), None
+
+    if setup.grad_accum == 1:
+      loss, grads = jax.value_and_grad(loss_of)(state.params)
+    else:
+      # Gradient accumulation: k micro-batches in one scan, their losses and gradients summed.
+      zeros = (jnp.zeros((), jnp.result_type(x, jnp.float32)), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(micro_step, zeros, jnp.arange(setup.grad_accum))
     grad_norm = optax.global_norm(grads)
     new_state = ts_lib.apply_gradients(state, grads, setup.tx, ema_rate=setup.ema_rate)
     skipped = jnp.zeros((), jnp.bool_)
@@ -133,6 +155,27 @@ def state_shardings(config: ConfigDict, setup: experiment.Setup, state: Any) -> 
     return jax.tree.map(lambda _: sharding_lib.replicated(setup.mesh), state)
   return sharding_lib.fsdp_shardings(state, setup.mesh,
                                      min_size=tr.get("fsdp_min_size", sharding_lib.FSDP_MIN_SIZE))
+
+
+def microbatch_rows(a: Array, *, index: Array, count: int, groups: int) -> Array:
+  """Rows of micro-batch ``index`` of ``count``: [B, ...] -> [B / count, ...].
+
+  The batch is seen as ``groups`` contiguous blocks (one per device of the data axis); the
+  micro-batch takes slice ``index`` of each block, so every device keeps its own rows and
+  the k micro-batches partition the batch.
+
+  Args:
+    a: [B, ...] with B divisible by count × groups.
+    index: the micro-batch, 0 ≤ index < count (may be traced).
+    count: number of micro-batches k.
+    groups: number of devices on the data axis.
+
+  Returns:
+    [B / count, ...].
+  """
+  per = a.shape[0] // (groups * count)
+  blocks = a.reshape((groups, count, per) + a.shape[1:])  # [D, k, B/(D·k), ...]
+  return jax.lax.dynamic_index_in_dim(blocks, index, axis=1, keepdims=False).reshape((groups * per,) + a.shape[1:])
 
 
 # --- data feeding -------------------------------------------------------------------------
