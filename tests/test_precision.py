@@ -28,6 +28,10 @@ TINY = dict(nf=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropo
             progressive="output_skip", progressive_input="input_skip")
 BATCH = 8
 
+# The float32 run of 50 steps (and the initial state) are cached in-process and shared by the
+# remat / grad_accum and bfloat16 tests: keep them on one xdist worker.
+pytestmark = pytest.mark.xdist_group("precision")
+
 
 def _config(**overrides) -> ml_collections.ConfigDict:
   """digits:smoke with a tiny NCSN++ (FIR resampling, attention, both pyramids); ``section__field=value``."""
