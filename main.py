@@ -54,6 +54,8 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed without autodetection.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed without autodetection.")
 flags.DEFINE_integer("process_id", None, "This process's index, for --distributed without autodetection.")
+flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache folder, or 'off'; default "
+                    "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/score_jax/jax.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors a user can fix from the command line (one line, no traceback), besides the library's
@@ -65,7 +67,8 @@ HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
 def usage() -> str:
   """--help: what the command does, its flags, every mode and every config file, one line each."""
   lines = [__doc__.strip(), "", "Flags:"]
-  for name in ("config", "workdir", "mode", "distributed", "coordinator_address", "num_processes", "process_id"):
+  for name in ("config", "workdir", "mode", "distributed", "coordinator_address", "num_processes", "process_id",
+               "compilation_cache"):
     lines.append(f"  --{name:<22}{FLAGS[name].help}")
   lines += ["", "Modes (--mode=):"]
   width = max(map(len, MODES)) + 2
@@ -137,6 +140,9 @@ def main(argv):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; GPUs / TPUs unaffected
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
+  from score_jax import compilation  # pylint: disable=g-import-not-at-top
+  cache = compilation.enable_persistent_cache(FLAGS.compilation_cache)
+  logging.info("Persistent compilation cache: %s.", cache or "off (--compilation_cache=off)")
   module, _, function = MODES[FLAGS.mode][0].partition(":")
   run_mode = getattr(importlib.import_module(module), function)
   try:

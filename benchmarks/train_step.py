@@ -16,6 +16,7 @@ cost analysis of the compiled step; MFU = FLOPs / step time / peak.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ sys.path.insert(0, ROOT)
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from score_jax import compilation  # pylint: disable=g-import-not-at-top
 from score_jax import experiment  # pylint: disable=g-import-not-at-top
 from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
 from score_jax import train  # pylint: disable=g-import-not-at-top
@@ -38,6 +40,15 @@ def load_config(spec: str):
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(variant)
+
+
+def use_synthetic_data(config, image_size=None) -> None:
+  """Points ``config.data`` at the embedded shapes at the config's (or ``image_size``) size:
+  nothing to read from disk, batches of the real shape.  Modifies ``config`` in place."""
+  data = config.data
+  data.kind, data.name, data.path = "embedded", "shapes", ""
+  data.image_size = image_size or data.image_size
+  data.options = {"num_train": 16, "num_test": 16}
 
 
 def main() -> None:
@@ -55,16 +66,13 @@ def main() -> None:
   if args.batch_size:
     config.training.batch_size = args.batch_size
   if args.synthetic:  # build with embedded shapes of the wanted size: nothing to read
-    data = config.data
-    data.kind, data.name, data.path = "embedded", "shapes", ""
-    data.image_size = args.image_size or data.image_size
-    data.options = {"num_train": 16, "num_test": 16}
+    use_synthetic_data(config, args.image_size)
   setup = experiment.build(config)
   keys = experiment.keys(config.seed)
   repl = sharding_lib.replicated(setup.mesh)
   shapes = experiment.abstract_batch(setup)
   batch_sh = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), shapes)
-  state = jax.jit(lambda k: experiment.init_state(setup, k), out_shardings=repl)(keys["init"])
+  state = compilation.run_once(functools.partial(experiment.init_state, setup), keys["init"], out_shardings=repl)
   step_fn = jax.jit(train.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_sh),
                     out_shardings=(repl, repl), donate_argnums=0)
 

@@ -57,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   # A converted published checkpoint (`python -m score_jax.pretrained --out=DIR`): --mode=sample / eval
   # read the network from DIR instead of the workdir's checkpoints.  "": the workdir's own.
   model.pretrained = ""
+  # The dtype the network computes in: "float32" or "bfloat16" (mixed precision: parameters,
+  # optimizer state and EMA stay float32; embedding, GroupNorm statistics, softmax, loss in float32).
+  model.dtype = "float32"
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = "adam"
@@ -78,6 +81,15 @@ def base_config() -> ml_collections.ConfigDict:
   training.sample_freq = 50_000
   training.skip_nonfinite = False
   training.label_dropout = 0.0
+  # FSDP: shard parameters, EMA and optimizer state over the "data" axis (score_jax/sharding.py);
+  # arrays with fewer than fsdp_min_size elements stay replicated.
+  training.fsdp = False
+  training.fsdp_min_size = 2 ** 14
+  # Memory for high resolution: recompute each residual block's activations in the backward
+  # pass (remat), and split the batch into grad_accum micro-batches scanned inside the one
+  # jitted step (the same update as the whole batch; batch_size % (grad_accum × devices) == 0).
+  training.remat = False
+  training.grad_accum = 1
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"

@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.error("pass main.py's --workdir=... after --")
   os.makedirs(workdir, exist_ok=True)
   address = f"localhost:{args.port or free_port()}"
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices_per_process}")
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+  env = dict(os.environ, JAX_PLATFORMS="cpu",  # the caller's XLA flags, with this launcher's device count
+             XLA_FLAGS=" ".join(kept + [f"--xla_force_host_platform_device_count={args.devices_per_process}"]))
   procs, logs = [], []
   for i in range(args.num_processes):
     cmd = [sys.executable, os.path.join(ROOT, "main.py"), *main_args, "--distributed",

@@ -498,8 +498,9 @@ class Checkpointer:
 
     Args:
       target: a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``)
-        with the saved structure and the shardings wanted; None restores the raw tree (dicts)
-        onto this process's first device, whatever topology saved it.
+        with the saved structure and the shardings wanted (Orbax reshards: a checkpoint
+        written on N devices, replicated or FSDP, restores onto any mesh of M); None restores
+        the raw tree (dicts) onto this process's first device, whatever topology saved it.
       step: which step; None for the latest.
 
     Returns:

@@ -43,6 +43,7 @@ import optax
 from flax import traverse_util
 import orbax.checkpoint as ocp
 
+from score_jax import compilation
 from score_jax import experiment
 from score_jax import losses
 from score_jax import outputs
@@ -203,7 +204,7 @@ def fit(model: Any, data: experiment.ImageData, opts: FitOptions, *, key: jax.Ar
   Returns:
     (params, final loss, training seconds).
   """
-  params = model.init(key, *init_inputs)["params"]
+  params = compilation.run_once(lambda k: model.init(k, *init_inputs)["params"], key)
   tx = optax.adam(optax.cosine_decay_schedule(opts.lr, opts.num_steps))
   opt_state = tx.init(params)
   shift = opts.max_shift

@@ -63,6 +63,7 @@ import numpy as np
 
 from score_jax import checkpointing
 from score_jax import classifiers
+from score_jax import compilation
 from score_jax import experiment
 from score_jax import likelihood
 from score_jax import outputs
@@ -493,10 +494,10 @@ def make_bpd_eval(setup: experiment.Setup, opts: EvalOptions) -> Callable[[Any],
   data = setup.data
   null_label = jnp.full((1,), setup.num_classes, jnp.int32) if setup.num_classes else None
 
-  def score_fn_of(params: Any) -> Callable:
-    # likelihood caches its compiled solve on the score_fn object: one object per checkpoint
-    # serves all of its batches (a new checkpoint compiles anew; its parameters are constants).
-    return setup.score_fn(params, null_label)
+  def score_fn(params: Any, x: Array, t: Array) -> Array:
+    # One object for the whole run, the parameters an argument of the compiled solve
+    # (likelihood's ``params``): every checkpoint reuses the solve compiled for the first.
+    return setup.score_fn(params, null_label)(x, t)
 
   if isinstance(data, experiment.ToyData):
     n = opts.bpd_num_examples or 1000
@@ -505,13 +506,13 @@ def make_bpd_eval(setup: experiment.Setup, opts: EvalOptions) -> Callable[[Any],
     target_bpd = -np.asarray(data.target.log_prob(jnp.asarray(x_all))) / (d * math.log(2.0))  # [n]
 
     def bpd(params: Any) -> dict[str, Any]:
-      score_fn = score_fn_of(params)
       values, nfes = [], []
       for start in range(0, n, opts.batch_size):
         x = x_all[start:start + opts.batch_size]
         pad = opts.batch_size - x.shape[0]
         xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-        b, nfe = likelihood.bits_per_dim(key, setup.sde, score_fn, jnp.asarray(xp), first_index=start, **options)
+        b, nfe = likelihood.bits_per_dim(key, setup.sde, score_fn, jnp.asarray(xp), first_index=start, params=params,
+                                         **options)
         values.append(np.asarray(b)[:x.shape[0]])
         nfes.append(int(nfe))
       values = np.concatenate(values)
@@ -531,8 +532,8 @@ def make_bpd_eval(setup: experiment.Setup, opts: EvalOptions) -> Callable[[Any],
 
   def bpd(params: Any) -> dict[str, Any]:
     values, nfe = likelihood.bits_per_dim_dataset(
-        key, setup.sde, score_fn_of(params), images, levels=levels, data_range=data.data_range,
-        batch_size=min(opts.batch_size, n), num_repeats=opts.bpd_num_repeats, **options)  # [R, n], [R, batches]
+        key, setup.sde, score_fn, images, levels=levels, data_range=data.data_range, batch_size=min(opts.batch_size, n),
+        num_repeats=opts.bpd_num_repeats, params=params, **options)  # [R, n], [R, batches]
     per_example = values.mean(axis=0)  # [n]
     return {"bpd": float(values.mean()), "bpd_sem": float(per_example.std() / math.sqrt(n)),
             "bpd_nfe": float(nfe.mean()), "bpd_num_examples": int(n), "bpd_num_repeats": opts.bpd_num_repeats}
@@ -631,8 +632,10 @@ class _Evaluator:
       logging.info("Step %d: bits/dim of %d examples (rtol %g, atol %g).", step, self.bpd.num_examples,
                    self.opts.bpd_rtol, self.opts.bpd_atol)
       t0 = time.perf_counter()
-      record.update(self.bpd(params))
+      with compilation.compile_events() as compiled:
+        record.update(self.bpd(params))
       record["bpd_time_s"] = time.perf_counter() - t0
+      record["bpd_compiles"] = compiled.compiles  # the first checkpoint's; 0 after (parameters are an argument)
     if self.draw is not None:
       logging.info("Step %d: drawing %d samples (%s).", step, self.opts.num_samples, self.setup.sampling_method)
       record.update(self._sample_metrics(params, step))

@@ -58,6 +58,9 @@ LOSSES: dict[str, Callable[..., Array]] = {
     "smld": losses.smld_loss,
     "ddpm": losses.ddpm_loss,
 }
+# config.model.dtype: the dtype the network computes in; parameters, optimizer state, EMA,
+# the noise embedding, normalisation statistics, softmax and the loss stay float32.
+COMPUTE_DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IMAGE_KINDS = tuple(pipeline.KINDS)
 DATA_KINDS = ("toy",) + IMAGE_KINDS
 KEY_STREAMS = ("init", "train", "data", "sample", "eval")
@@ -259,6 +262,7 @@ class Setup:
     label_dropout: probability of replacing a label by the null id while training
       (classifier-free guidance); 0 disables.
     batch_size: the global batch size.
+    grad_accum: micro-batches per step (``config.training.grad_accum``); 1: none.
     skip_nonfinite: skip (instead of stop at) updates whose loss or gradient is not finite.
     mesh: the data-parallel mesh over all devices.
     sampling_method: the sampler's name.
@@ -288,6 +292,7 @@ class Setup:
   seed: int
   centered: bool = True
   pretrained: str = ""
+  grad_accum: int = 1
 
   @property
   def data_shape(self) -> tuple[int, ...]:
@@ -328,18 +333,41 @@ def _validate_training(config: ConfigDict) -> None:
   rate = config.model.ema_rate
   check(isinstance(rate, (int, float)) and 0.0 <= rate < 1.0, "config.model.ema_rate",
         f"must lie in [0, 1), got {rate!r}.")
+  check(isinstance(tr.get("fsdp", False), bool), "config.training.fsdp",
+        f"must be True or False, got {tr.get('fsdp')!r}.")
+  min_size = tr.get("fsdp_min_size", sharding_lib.FSDP_MIN_SIZE)
+  check(is_int(min_size) and min_size >= 0, "config.training.fsdp_min_size",
+        f"must be an integer >= 0 (arrays with fewer elements stay replicated under FSDP), got {min_size!r}.")
   n = config.sampling.num_samples
   check(is_int(n) and n >= 1, "config.sampling.num_samples", f"must be an integer >= 1, got {n!r}.")
   check(is_int(config.seed), "config.seed", f"must be an integer, got {config.seed!r}.")
+  dtype = config.model.get("dtype", "float32")
+  check(dtype in COMPUTE_DTYPES, "config.model.dtype",
+        f"unknown compute dtype {dtype!r}; choose one of {list(COMPUTE_DTYPES)} (parameters stay float32).")
+  remat = tr.get("remat", False)
+  check(isinstance(remat, bool), "config.training.remat", f"must be True or False, got {remat!r}.")
+  accum = tr.get("grad_accum", 1)
+  check(is_int(accum) and accum >= 1, "config.training.grad_accum",
+        f"must be an integer >= 1 (micro-batches per step), got {accum!r}.")
 
 
 def _network_fields(config: ConfigDict, data: Data) -> dict[str, Any]:
-  """``config.model.network`` with the data's image size, channels and classes filled in."""
+  """``config.model.network`` with the data's image size, channels and classes filled in, and
+  the compute dtype (``config.model.dtype``) and ``config.training.remat`` passed on."""
   fields = as_dict(config.model.network)
-  if not isinstance(data, ImageData):
-    return fields
   cls = models.MODELS.get(config.model.name)
   names = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+  dtype = config.model.get("dtype", "float32")
+  if dtype != "float32":  # float32 leaves the network's own default (None: its inputs' dtype)
+    check("dtype" in names, "config.model.dtype",
+          f"model {config.model.name!r} computes in float32 only; use 'ncsnpp' or 'unet' for {dtype!r}.")
+    fields["dtype"] = COMPUTE_DTYPES[dtype]
+  if config.training.get("remat", False):
+    check("remat" in names, "config.training.remat",
+          f"model {config.model.name!r} has no residual blocks to rematerialise; use 'ncsnpp' or 'unet'.")
+    fields["remat"] = True
+  if not isinstance(data, ImageData):
+    return fields
   size, _, channels = data.shape
   for field, value in (("image_size", size), ("num_channels", channels)):
     if field not in names:
@@ -385,6 +413,10 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
     sharding_lib.check_batch_divisible(config.training.batch_size, mesh)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  accum = config.training.get("grad_accum", 1)
+  check(config.training.batch_size % (accum * mesh.size) == 0, "config.training.grad_accum",
+        f"{accum} micro-batches on {mesh.size} device(s) need config.training.batch_size "
+        f"({config.training.batch_size}) to be a multiple of grad_accum × devices = {accum * mesh.size}.")
   sde = build_sde(config)
   data = build_data(config)
   fields = _network_fields(config, data)
@@ -412,7 +444,7 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
                 skip_nonfinite=bool(config.training.get("skip_nonfinite", False)), mesh=mesh,
                 sampling_method=method, sampling_options=options, seed=config.seed,
                 centered=bool(config.data.get("centered", True)) if isinstance(data, ImageData) else True,
-                pretrained=str(config.model.get("pretrained", "") or ""))
+                pretrained=str(config.model.get("pretrained", "") or ""), grad_accum=accum)
   # Trace (never compile) the loss, first with an exact-shape stand-in score, then with the
   # network: a wrong loss option or a network that does not return x's shape fails here.
   k = keys(config.seed)
@@ -478,12 +510,16 @@ def abstract_state(setup: Setup, key: jax.Array, sharding: Any = None) -> ts_lib
   Args:
     setup: the components.
     key: the init key.
-    sharding: when given, every leaf carries it (e.g. ``sharding.replicated(mesh)``).
+    sharding: when given, every leaf carries it (e.g. ``sharding.replicated(mesh)``), or a
+      tree of shardings of the state's structure (e.g. ``sharding.fsdp_shardings``) gives each
+      leaf its own.
   """
   shapes = jax.eval_shape(functools.partial(init_state, setup), key)
   if sharding is None:
     return shapes
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  if isinstance(sharding, jax.sharding.Sharding):
+    sharding = jax.tree.map(lambda _: sharding, shapes)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, sharding)
 
 
 def num_params(params: Any) -> int:

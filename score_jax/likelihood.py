@@ -186,10 +186,16 @@ def _drift_and_divergence(sde: SDE, score_fn: ScoreFn, x: Array, t: Array, direc
   return dx, weight * jnp.sum(quad)
 
 
-@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "config"))
-def _solve(key: jax.Array, x: Array, first_index: Array, *, sde: SDE, score_fn: ScoreFn,
-           config: _Config) -> tuple[Array, Array, Array]:
-  """(log p_eps(x) [B], x(T) [B, ...], NFE []) by one vmapped diffrax solve."""
+@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "config", "with_params"))
+def _solve(key: jax.Array, x: Array, first_index: Array, params: Any, *, sde: SDE, score_fn: ScoreFn,
+           config: _Config, with_params: bool) -> tuple[Array, Array, Array]:
+  """(log p_eps(x) [B], x(T) [B, ...], NFE []) by one vmapped diffrax solve.
+
+  ``with_params``: ``score_fn`` is ``score_fn(params, x, t)`` and ``params`` a traced argument
+  (one compilation for every parameter set of the same shapes); else ``params`` is None.
+  """
+  if with_params:
+    score_fn = functools.partial(score_fn, params)
   n = x.shape[0]
   if config.divergence == "exact":
     directions, in_axes = _basis(x.shape[1:], x.dtype), None  # [D, ...], shared by the batch
@@ -223,7 +229,7 @@ def _solve(key: jax.Array, x: Array, first_index: Array, *, sde: SDE, score_fn: 
 def log_likelihood(key: jax.Array, sde: SDE, score_fn: ScoreFn, x: Array, *, divergence: str = "hutchinson",
                    probe: str = "rademacher", num_probes: int = 1, solver: str = "tsit5", rtol: float = 1e-5,
                    atol: float = 1e-5, eps: Optional[float] = None, max_steps: int = 16384,
-                   first_index: int = 0) -> tuple[Array, Array, Array]:
+                   first_index: int = 0, params: Any = None) -> tuple[Array, Array, Array]:
   """Log-likelihood of each example under the model's probability-flow ODE.
 
   Args:
@@ -233,7 +239,8 @@ def log_likelihood(key: jax.Array, sde: SDE, score_fn: ScoreFn, x: Array, *, div
     score_fn: ``score_fn(x [B, ...], t [B]) -> [B, ...]``, the score ∇log p_t(x); it is
       called on one example at a time (a batch of one, vmapped), so an example's result
       never mixes with another's.  The compiled solve is cached on (sde, score_fn, x's
-      shape and dtype, options): pass the same ``score_fn`` object to reuse it.
+      shape and dtype, options): pass the same ``score_fn`` object to reuse it.  With
+      ``params``, it is called as ``score_fn(params, x, t)`` instead.
     x: continuous data [B, ...] (dequantized, in the range the model was trained on).
     divergence: "hutchinson" (unbiased estimate) or "exact" (D JVPs per evaluation).
     probe: Hutchinson probe distribution, "rademacher" or "gaussian".
@@ -244,6 +251,9 @@ def log_likelihood(key: jax.Array, sde: SDE, score_fn: ScoreFn, x: Array, *, div
       smallest time the network was trained on).
     max_steps: most steps per example before the solve fails.
     first_index: the batch's offset in a larger dataset, for the probe keys.
+    params: a pytree of arrays (e.g. network parameters) passed to ``score_fn`` as its first
+      argument and to the compiled solve as an argument, not baked in as constants: the
+      checkpoints of a run share one compilation (``score_fn`` the same object each time).
 
   Returns:
     (logp [B]: log p_eps(x) in nats of the continuous data, z [B, ...]: x mapped to time T,
@@ -254,7 +264,8 @@ def log_likelihood(key: jax.Array, sde: SDE, score_fn: ScoreFn, x: Array, *, div
   """
   config = _config(sde, score_fn, x, first_index, divergence=divergence, probe=probe, num_probes=num_probes,
                    solver=solver, rtol=rtol, atol=atol, eps=eps, max_steps=max_steps)
-  return _solve(key, jnp.asarray(x), first_index, sde=sde, score_fn=score_fn, config=config)
+  return _solve(key, jnp.asarray(x), first_index, params, sde=sde, score_fn=score_fn, config=config,
+                with_params=params is not None)
 
 
 def bpd_offset(levels: Optional[int], data_range: tuple[float, float] = (0.0, 1.0)) -> float:
@@ -279,7 +290,7 @@ def bits_per_dim(key: jax.Array, sde: SDE, score_fn: ScoreFn, x: Array, *, level
       integers, an upper bound in expectation over the dequantization noise (module docstring).
     data_range: (lo, hi) the dequantized [0, 1] data were mapped onto; used with ``levels``.
     **options: ``log_likelihood``'s keyword options (divergence, probe, num_probes, solver,
-      rtol, atol, eps, max_steps, first_index).
+      rtol, atol, eps, max_steps, first_index, params).
 
   Returns:
     (bpd [B], nfe []).
@@ -342,7 +353,7 @@ def bits_per_dim_dataset(key: jax.Array, sde: SDE, score_fn: ScoreFn, images: Ar
     levels, data_range: as in ``bits_per_dim``.
     batch_size: examples per solve.
     num_repeats: dequantization passes over the data.
-    **options: ``log_likelihood``'s keyword options except first_index.
+    **options: ``log_likelihood``'s keyword options except first_index (e.g. ``params``).
 
   Returns:
     (bpd [num_repeats, N], nfe [num_repeats, ceil(N / batch_size)]) as numpy arrays.

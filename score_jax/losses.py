@@ -26,6 +26,13 @@ Time-free objectives take ``score_fn(x)`` with x [B, ...] and sum over the non-b
 Every option is a Python value checked here before anything is traced, so each function
 can be called inside ``jax.jit`` and differentiated with ``jax.grad`` with respect to
 parameters that ``score_fn`` closes over.
+
+Gradient accumulation: the time-conditional losses take ``rows``, a function that picks a
+micro-batch's rows out of any [B, ...] array.  The times, noise and weights are drawn for
+the whole batch exactly as without it, then ``rows`` selects the micro-batch that the score
+network sees, and the loss is that micro-batch's share of the batch mean (its sum divided
+by B).  Summed over micro-batches that partition the batch, losses and gradients are the
+full batch's.
 """
 
 from __future__ import annotations
@@ -196,6 +203,15 @@ def _noise_errors(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t: Array, z: Ar
   return _reduce_dims(jnp.square(sde_lib.bcast(sde.marginal_std(t), x) * score + z), reduce)
 
 
+def _batch_mean_of_errors(sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, t: Array, z: Array, w: Array, reduce: str,
+                          rows: Callable[[Array], Array] | None) -> Array:
+  """Mean over the batch of w·ℓ; with ``rows``, the selected rows' sum of w·ℓ divided by B."""
+  if rows is None:
+    return jnp.mean(w * _noise_errors(sde, score_fn, x, t, z, reduce))
+  w = jnp.broadcast_to(w, t.shape)  # [B]
+  return jnp.sum(rows(w) * _noise_errors(sde, score_fn, rows(x), rows(t), rows(z), reduce)) / x.shape[0]
+
+
 def dsm_loss(
     key: jax.Array,
     sde: sde_lib.SDE,
@@ -209,6 +225,7 @@ def dsm_loss(
     min_snr_gamma: float = 5.0,
     p2_k: float = 1.0,
     p2_gamma: float = 1.0,
+    rows: Callable[[Array], Array] | None = None,
 ) -> Array:
   """Continuous denoising score matching, mean over the batch of w(t)·ℓ(x, t, z).
 
@@ -229,9 +246,10 @@ def dsm_loss(
     min_snr_gamma: γ of the "min_snr" weighting.
     p2_k: k of the "p2" weighting.
     p2_gamma: γ of the "p2" weighting.
+    rows: None, or a map [B, ...] -> [B', ...] picking one micro-batch (module docstring).
 
   Returns:
-    The scalar loss.
+    The scalar loss (with ``rows``: the micro-batch's share of it).
   """
   # Denoising score matching over continuous time (Song et al. 2021, eq. 7; Vincent 2011).
   _check_choice("weighting", weighting, WEIGHTINGS)
@@ -246,11 +264,11 @@ def dsm_loss(
     w = likelihood_is_normalizer(sde) / (sde.T - sde.train_eps)
   else:
     w = dsm_weight(sde, t, weighting=weighting, min_snr_gamma=min_snr_gamma, p2_k=p2_k, p2_gamma=p2_gamma)
-  return jnp.mean(w * _noise_errors(sde, score_fn, x, t, z, reduce))
+  return _batch_mean_of_errors(sde, score_fn, x, t, z, w, reduce, rows)
 
 
 # --- discrete-level losses ------------------------------------------------------------------
-def _discrete_noise_error(key, sde, score_fn, x, num_scales, reduce) -> Array:
+def _discrete_noise_error(key, sde, score_fn, x, num_scales, reduce, rows) -> Array:
   """Batch mean of ℓ at a level i ~ U{0, ..., N−1} per example, t_i = T (i + 1)/N."""
   _check_positive_int("num_scales", num_scales)
   _check_choice("reduce", reduce, REDUCTIONS)
@@ -258,11 +276,12 @@ def _discrete_noise_error(key, sde, score_fn, x, num_scales, reduce) -> Array:
   level = jax.random.randint(k_i, (x.shape[0],), 0, num_scales)
   t = sde.T * (level + 1).astype(x.dtype) / num_scales
   z = jax.random.normal(k_z, x.shape, x.dtype)
-  return jnp.mean(_noise_errors(sde, score_fn, x, t, z, reduce))
+  return _batch_mean_of_errors(sde, score_fn, x, t, z, jnp.ones_like(t), reduce, rows)
 
 
 def smld_loss(
-    key: jax.Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *, num_scales: int = 1000, reduce: str = "mean"
+    key: jax.Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *, num_scales: int = 1000, reduce: str = "mean",
+    rows: Callable[[Array], Array] | None = None,
 ) -> Array:
   """NCSN's loss over N noise levels, ½ E‖σ_i·score + z‖² (VE only).
 
@@ -276,17 +295,19 @@ def smld_loss(
     x: data [B, ...].
     num_scales: number of noise levels N.
     reduce: "mean" or "sum" over the non-batch axes.
+    rows: None, or a micro-batch selector as in ``dsm_loss``.
 
   Returns:
     The scalar loss.
   """
   # σ²-weighted denoising score matching over noise levels (Song & Ermon 2019, eq. 2 and 5).
   _check_sde_kind("smld_loss", sde, ("ve",), "ddpm_loss")
-  return 0.5 * _discrete_noise_error(key, sde, score_fn, x, num_scales, reduce)
+  return 0.5 * _discrete_noise_error(key, sde, score_fn, x, num_scales, reduce, rows)
 
 
 def ddpm_loss(
-    key: jax.Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *, num_scales: int = 1000, reduce: str = "mean"
+    key: jax.Array, sde: sde_lib.SDE, score_fn: ScoreFn, x: Array, *, num_scales: int = 1000, reduce: str = "mean",
+    rows: Callable[[Array], Array] | None = None,
 ) -> Array:
   """DDPM's simple loss E‖ε̂ − z‖² with ε̂ = −s(t_i)·score (VP and sub-VP).
 
@@ -299,13 +320,14 @@ def ddpm_loss(
     x: data [B, ...].
     num_scales: number of steps N.
     reduce: "mean" or "sum" over the non-batch axes.
+    rows: None, or a micro-batch selector as in ``dsm_loss``.
 
   Returns:
     The scalar loss.
   """
   # ε-prediction loss L_simple (Ho et al. 2020, eq. 14).
   _check_sde_kind("ddpm_loss", sde, ("vp", "subvp"), "smld_loss")
-  return _discrete_noise_error(key, sde, score_fn, x, num_scales, reduce)
+  return _discrete_noise_error(key, sde, score_fn, x, num_scales, reduce, rows)
 
 
 # --- noiseless objectives -------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Data parallelism with ``jax.jit`` over a Mesh and global arrays (no pmap).
 
 One 1-D mesh axis, ``"data"``, spans every device of every process.  A global batch is split
-over it; parameters and optimizer state are replicated.  The same code runs on 1 CPU, 8 TPU
-cores or a pod (after ``jax.distributed.initialize()`` on multi-host launches)::
+over it; parameters and optimizer state are replicated, or, with ``config.training.fsdp``,
+sharded over the same axis (``fsdp_shardings``).  The same code runs on 1 CPU, 8 TPU cores or a
+pod (after ``jax.distributed.initialize()`` on multi-host launches)::
 
     mesh = sharding.make_mesh()
     sharding.check_batch_divisible(config.training.batch_size, mesh)
@@ -19,7 +20,8 @@ Sampling needs no special wrapper: the samplers draw sample i's noise from
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -56,6 +58,45 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+# Arrays with fewer elements than this stay replicated under FSDP (biases, norms, scalars): 2**14
+# float32 values are 64 KiB, where the all-gather of a shard costs more than the memory it saves.
+FSDP_MIN_SIZE = 2 ** 14
+
+
+def fsdp_spec(shape: Sequence[int], num_devices: int, *, min_size: int = FSDP_MIN_SIZE,
+              axis_name: str = DATA_AXIS) -> PartitionSpec:
+  """Where one array is split under fully sharded data parallelism (FSDP / ZeRO-3).
+
+  The rule of big_vision's and MaxText's FSDP: the array is split over ``axis_name`` along its
+  largest axis whose length the device count divides (the first such axis on a tie); an array
+  with fewer than ``min_size`` elements, or without such an axis, is replicated.
+
+  Args:
+    shape: the array's shape.
+    num_devices: the length of the mesh axis.
+    min_size: arrays with fewer elements stay replicated.
+    axis_name: the mesh axis to split over.
+
+  Returns:
+    A PartitionSpec naming ``axis_name`` at the split axis, or ``PartitionSpec()`` (replicated).
+  """
+  if num_devices <= 1 or math.prod(shape) < min_size:
+    return PartitionSpec()
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):  # stable: the first axis wins a tie
+    if shape[axis] % num_devices == 0:
+      return PartitionSpec(*([None] * axis + [axis_name]))
+  return PartitionSpec()
+
+
+def fsdp_shardings(tree: Any, mesh: Mesh, *, min_size: int = FSDP_MIN_SIZE) -> Any:
+  """NamedShardings of every array of ``tree`` (arrays or ShapeDtypeStructs) by ``fsdp_spec``
+  over the mesh's axis: the state shardings of an FSDP train step (``in_shardings`` /
+  ``out_shardings`` of its ``jax.jit``) and the target of its checkpoint restore."""
+  axis = mesh.axis_names[0]
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, mesh.shape[axis], min_size=min_size,
+                                                              axis_name=axis)), tree)
+
+
 def check_batch_divisible(batch_size: int, mesh: Mesh, field: str = "config.training.batch_size") -> None:
   """Raises ValueError, naming ``field``, unless ``batch_size`` splits evenly over the mesh.
 
@@ -83,4 +124,5 @@ def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
   return jax.make_array_from_process_local_data(data_sharding(mesh), np.asarray(local_batch))
 
 
-__all__ = ["DATA_AXIS", "make_mesh", "data_sharding", "replicated", "check_batch_divisible", "global_batch"]
+__all__ = ["DATA_AXIS", "FSDP_MIN_SIZE", "make_mesh", "data_sharding", "replicated", "fsdp_spec", "fsdp_shardings",
+           "check_batch_divisible", "global_batch"]

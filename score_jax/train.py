@@ -2,9 +2,11 @@
 what tests call.  The config becomes components in ``score_jax.experiment``.
 
 The train step is one ``jax.jit`` over a Mesh of every device (``score_jax.sharding``): the
-global batch is split over the "data" axis, the TrainState is replicated and donated.  The
-same code runs on 1 CPU, 8 TPU cores or a pod (``main.py`` calls
-``jax.distributed.initialize()`` on multi-process launches).
+global batch is split over the "data" axis, the TrainState is replicated and donated, or
+with ``config.training.fsdp`` sharded over the same axis (``state_shardings``).  The same
+code runs on 1 CPU, 8 TPU cores or a pod (``main.py`` calls ``jax.distributed.initialize()``
+on multi-process launches).  The first calls of the train step and of the sampler log their
+compile time (``score_jax.compilation``).
 
 Data: a toy target's batch of step s is drawn on the device from ``fold_in(data_key, s)``;
 an image dataset's is ``dataset.batch_at(s, ...)`` (a pure function of (seed, s)), this
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -52,6 +55,7 @@ import optax
 import tqdm
 
 from score_jax import checkpointing
+from score_jax import compilation
 from score_jax import experiment
 from score_jax import outputs
 from score_jax import sample as sample_lib
@@ -79,6 +83,13 @@ def make_train_step(setup: experiment.Setup, *,
   norm is not finite is skipped (parameters, EMA and optimizer state kept; the step
   still advances, so the data stream moves on).
 
+  With ``setup.grad_accum`` = k > 1 the gradient is accumulated over k micro-batches in a
+  ``jax.lax.scan`` inside the step: the loss draws its times and noise (and the label
+  dropout its mask) for the whole batch exactly as the plain step does, and micro-batch i
+  takes rows i of every device's share (``microbatch_rows``), so the sum of the k losses
+  and gradients is the full batch's: the same update, to float rounding.  Only network
+  dropout differs: micro-batch i draws it from ``fold_in(dropout_key, i)``.
+
   Args:
     setup: components from ``experiment.build``.
     train_key: base key of the loss's randomness.
@@ -102,7 +113,22 @@ def make_train_step(setup: experiment.Setup, *,
       score_fn = setup.score_fn(params, labels, train=True, dropout_key=dropout_key)
       return setup.loss_fn(key, setup.sde, score_fn, x)
 
-    loss, grads = jax.value_and_grad(loss_of)(state.params)
+    def micro_step(total, i):
+      rows = functools.partial(microbatch_rows, index=i, count=setup.grad_accum, groups=setup.mesh.size)
+
+      def micro_loss(params):
+        score_fn = setup.score_fn(params, None if labels is None else rows(labels), train=True,
+                                  dropout_key=jax.random.fold_in(dropout_key, i))
+        return setup.loss_fn(key, setup.sde, score_fn, x, rows=rows)
+
+      return jax.tree.map(jnp.add, total, jax.value_and_grad(micro_loss)(state.params)), None
+
+    if setup.grad_accum == 1:
+      loss, grads = jax.value_and_grad(loss_of)(state.params)
+    else:
+      # Gradient accumulation: k micro-batches in one scan, their losses and gradients summed.
+      zeros = (jnp.zeros((), jnp.result_type(x, jnp.float32)), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(micro_step, zeros, jnp.arange(setup.grad_accum))
     grad_norm = optax.global_norm(grads)
     new_state = ts_lib.apply_gradients(state, grads, setup.tx, ema_rate=setup.ema_rate)
     skipped = jnp.zeros((), jnp.bool_)
@@ -114,6 +140,42 @@ def make_train_step(setup: experiment.Setup, *,
     return new_state, metrics
 
   return step_fn
+
+
+def state_shardings(config: ConfigDict, setup: experiment.Setup, state: Any) -> Any:
+  """The shardings of the TrainState ``state`` (arrays or ShapeDtypeStructs) on ``setup.mesh``.
+
+  Replicated by default; with ``config.training.fsdp`` parameters, EMA and optimizer state are
+  split over the "data" axis by ``sharding.fsdp_shardings`` (arrays under
+  ``config.training.fsdp_min_size`` elements stay replicated).  A checkpoint restored with
+  these as its target is resharded by Orbax, whatever device count wrote it.
+  """
+  tr = config.training
+  if not tr.get("fsdp", False):
+    return jax.tree.map(lambda _: sharding_lib.replicated(setup.mesh), state)
+  return sharding_lib.fsdp_shardings(state, setup.mesh,
+                                     min_size=tr.get("fsdp_min_size", sharding_lib.FSDP_MIN_SIZE))
+
+
+def microbatch_rows(a: Array, *, index: Array, count: int, groups: int) -> Array:
+  """Rows of micro-batch ``index`` of ``count``: [B, ...] -> [B / count, ...].
+
+  The batch is seen as ``groups`` contiguous blocks (one per device of the data axis); the
+  micro-batch takes slice ``index`` of each block, so every device keeps its own rows and
+  the k micro-batches partition the batch.
+
+  Args:
+    a: [B, ...] with B divisible by count × groups.
+    index: the micro-batch, 0 ≤ index < count (may be traced).
+    count: number of micro-batches k.
+    groups: number of devices on the data axis.
+
+  Returns:
+    [B / count, ...].
+  """
+  per = a.shape[0] // (groups * count)
+  blocks = a.reshape((groups, count, per) + a.shape[1:])  # [D, k, B/(D·k), ...]
+  return jax.lax.dynamic_index_in_dim(blocks, index, axis=1, keepdims=False).reshape((groups * per,) + a.shape[1:])
 
 
 # --- data feeding -------------------------------------------------------------------------
@@ -317,7 +379,7 @@ def _output_paths(workdir: str, step: int, setup: experiment.Setup) -> dict[str,
           "metrics_json": os.path.join(workdir, f"metrics_step{step}.json")}
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
+def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Optional[jax.sharding.Mesh] = None) -> TrainResult:
   """Trains a score model on ``config.data``; at the end samples its EMA parameters.
 
   Resumes from the newest readable checkpoint in ``<workdir>/checkpoints`` when there is one
@@ -327,6 +389,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
   Args:
     config: the full config (see ``configs/default_ve.py`` or ``configs/toy/gmm2d.py``).
     workdir: the run's folder (created if missing).
+    mesh: the devices to train on; default ``sharding.make_mesh()`` over every device (pass e.g.
+      ``sharding.make_mesh(devices=jax.devices()[:1])`` to train on one).
 
   Returns:
     A ``TrainResult``.
@@ -339,7 +403,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainResult:
     checkpointing.UnreadableCheckpointError: checkpoints exist but none is readable.
     checkpointing.DiskFullError: a save ran out of space (the previous checkpoint is intact).
   """
-  setup = experiment.build(config)
+  setup = experiment.build(config, mesh=mesh)
   experiment.check(not setup.pretrained, "config.model.pretrained",
                    f"is {setup.pretrained!r}, but training starts from fresh weights; it is read by --mode=sample "
                    "and --mode=eval only (leave it empty to train).")
@@ -361,28 +425,34 @@ def _train_and_evaluate(config: ConfigDict, workdir: str, setup: experiment.Setu
   keys = experiment.keys(config.seed)
   repl = sharding_lib.replicated(setup.mesh)
   batch_shardings = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), experiment.abstract_batch(setup))
+  state_sh = state_shardings(config, setup, experiment.abstract_state(setup, keys["init"]))
 
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=tr.max_to_keep)
   try:
-    found = ckpt.restore_newest_readable(experiment.abstract_state(setup, keys["init"], repl))
+    found = ckpt.restore_newest_readable(experiment.abstract_state(setup, keys["init"], state_sh))
     if found is not None:
       state = found[1]
       logging.info("Resuming from the checkpoint of step %d in %s.", int(state.step), ckpt.directory)
     else:
-      state = jax.jit(lambda key: experiment.init_state(setup, key), out_shardings=repl)(keys["init"])
+      state = compilation.run_once(functools.partial(experiment.init_state, setup), keys["init"],
+                                  out_shardings=state_sh)
     start_step = int(state.step)
     if start_step > num_steps:
       raise ConfigError(f"config.training.num_steps: {num_steps} is below the step of the latest checkpoint "
                         f"({start_step}) in {ckpt.directory}; raise it or use another --workdir.")
     if jax.process_index() == 0:
       _write_config(config, workdir, start_step)
-    logging.info("%d parameters; %d device(s) in %d process(es); global batch %d.",
-                 experiment.num_params(state.params), setup.mesh.size, jax.process_count(), setup.batch_size)
+    logging.info("%d parameters; %d device(s) in %d process(es); global batch %d; state %s.",
+                 experiment.num_params(state.params), setup.mesh.size, jax.process_count(), setup.batch_size,
+                 "sharded (FSDP)" if tr.get("fsdp", False) else "replicated")
 
-    step_fn = jax.jit(make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_shardings),
-                      out_shardings=(repl, repl), donate_argnums=0)
-    sampler = sample_lib.make_sampler(setup, config.sampling.num_samples,  # compiles on first use
-                                      batch_size=config.sampling.get("batch_size"))
+    compiled: dict[str, compilation.CompileStats] = {}
+    step_fn = compilation.timed_first_call(
+        jax.jit(make_train_step(setup, train_key=keys["train"]), in_shardings=(state_sh, batch_shardings),
+                out_shardings=(state_sh, repl), donate_argnums=0), "train step", compiled)
+    sampler = compilation.timed_first_call(  # compiles on first use
+        sample_lib.make_sampler(setup, config.sampling.num_samples, batch_size=config.sampling.get("batch_size")),
+        "sampler", compiled)
     t0 = time.perf_counter()
     feeder = BatchFeeder(setup, keys["data"])
     log = ScalarLog(workdir, start_step=start_step, num_steps=num_steps, batch_size=setup.batch_size,
@@ -414,7 +484,8 @@ def _train_and_evaluate(config: ConfigDict, workdir: str, setup: experiment.Setu
   t1 = time.perf_counter()
   x, nfe = sampler(state.ema_params, jax.random.fold_in(keys["sample"], num_steps))
   extra.update({"nfe": nfe, "sample_time_s": time.perf_counter() - t1, "num_samples": int(x.shape[0]),
-                "sampling": {"method": setup.sampling_method, **setup.sampling_options}})
+                "sampling": {"method": setup.sampling_method, **setup.sampling_options},
+                "compile": {what: stats.as_dict() for what, stats in compiled.items()}})
   metrics = sample_lib.write_samples(setup, x, **final, title=f"{setup.data.name}, EMA model at step {num_steps}",
                                      eval_key=jax.random.fold_in(keys["eval"], num_steps), extra=extra)
   return TrainResult(state=state, start_step=start_step, preempted=False, history=log.history, metrics=metrics,

@@ -21,7 +21,10 @@ CACHE = os.environ.get("SCORE_JAX_TEST_CACHE", str(ROOT / ".jax_cache"))
 
 def env(devices: int = 1) -> dict[str, str]:
   """Environment of a child: CPU, ``devices`` simulated devices, the shared compilation cache."""
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  flags = f"--xla_force_host_platform_device_count={devices}"
+  if os.environ.get("SCORE_JAX_TEST_OPTIMIZE", "0") != "1":
+    flags += " --xla_backend_optimization_level=0"  # as the test process itself (conftest.py)
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
               JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
               PYTHONPATH=str(ROOT))
 

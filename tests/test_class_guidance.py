@@ -1,6 +1,7 @@
 """Class-guided --mode=sample from config.guidance: the guided score pinned against its formula,
 CFG at w = 0 equal to the conditional sampler, the outputs, and one-line errors before compiling."""
 
+import functools
 import json
 import os
 
@@ -12,6 +13,7 @@ import pytest
 from score_jax import checkpointing
 from score_jax import class_guidance
 from score_jax import classifiers
+from score_jax import compilation
 from score_jax import experiment
 from score_jax import sample as sample_lib
 from tests.test_configs import load
@@ -30,7 +32,7 @@ def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("guided") / "digits")
   config = _config()
   setup = experiment.build(config)
-  params = experiment.init_params(setup, jax.random.key(3))
+  params = compilation.run_once(functools.partial(experiment.init_params, setup), jax.random.key(3))
   checkpointing.export_params(workdir, 0, params)
   classifiers.train_noisy_classifier(config, workdir)
   return workdir, setup, params
@@ -61,7 +63,7 @@ def test_cfg_score_is_the_conditional_score_pushed_away_from_the_null_label(w):
   config = _config("configs/ve/digits_cond.py", kind="cfg", w=w)
   setup = experiment.build(config)
   guide = class_guidance.build_guide(config, setup, "unused")
-  params = experiment.init_params(setup, jax.random.key(1))
+  params = compilation.run_once(functools.partial(experiment.init_params, setup), jax.random.key(1))
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), params)
   x, t = jax.random.normal(jax.random.key(0), (3,) + setup.data_shape), jnp.full(3, 0.4)
   got = jax.jit(lambda x: guide(guide.sampler_params(params), jnp.array([2, 11, 9]))(x, t))(x)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from score_jax import compilation
 from score_jax import score_fn as score_fn_lib
 from score_jax import sde as sde_lib
 from score_jax import sample as sample_lib
@@ -266,3 +267,18 @@ def test_sample_mode_picks_a_checkpoint_and_chunking_keeps_the_samples(tmp_path)
   chunked, nfe_chunked = sample_lib.make_sampler(setup, 10, batch_size=4)(params, key)  # 4 + 4 + 2
   assert chunked.shape == whole.shape == (10, 2) and nfe == nfe_chunked
   np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_run_once_gives_the_bits_of_an_optimised_jit():
+  """``compilation.run_once`` (initialisation, LLVM optimisation off on CPU) changes compile time, and values
+  only by float rounding (a multiply-add contracted or not)."""
+  from score_jax import experiment  # pylint: disable=g-import-not-at-top
+  setup = experiment.build(_smoke_config())
+  init = lambda key: experiment.init_state(setup, key)
+  key = jax.random.key(7)
+  want = jax.jit(init).lower(key).compile(compiler_options={"xla_backend_optimization_level": 2})(key)
+  got = compilation.run_once(init, key)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=3e-7, atol=1e-7)
+  assert float(jnp.std(jax.tree.leaves(got.params)[-1])) > 0  # real draws, not zeros

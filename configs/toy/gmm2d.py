@@ -71,6 +71,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   training.snapshot_freq = 1000
   training.max_to_keep = 2
   training.log_freq = 100
+  training.fsdp = False  # shard parameters, EMA and optimizer state over the devices (score_jax/sharding.py)
+  training.fsdp_min_size = 2 ** 14  # arrays with fewer elements stay replicated under FSDP
 
   # Sampling: sampling.sample(method, **config.sampling[method]); options of the other
   # methods stay here so that --config.sampling.method=ode just works.

@@ -12,6 +12,13 @@ attention output is a NIN with ``init_scale``; they keep those scales.
 Blocks that take a conditioning embedding ``temb [B, E]`` add a per-channel bias
 Dense(SiLU(temb)) after their first convolution; ``temb=None`` skips it (an
 unconditional network).
+
+Mixed precision follows Flax's convention: a block's ``dtype`` is the dtype it computes in
+(None: that of its inputs and parameters, float32), its parameters stay float32 (Flax's
+``param_dtype`` default).  With ``dtype=jnp.bfloat16`` convolutions, dense layers and the
+attention products run in bfloat16, while GroupNorm's statistics and normalisation (Flax
+reduces in float32) and the attention softmax are computed in float32.  ``remat_block``
+wraps a residual block class in ``nn.remat`` (activations recomputed in the backward pass).
 """
 
 from __future__ import annotations
@@ -111,14 +118,17 @@ class GroupNorm(nn.Module):
   Attributes:
     num_groups: groups; must divide the channel count.
     epsilon: added to the variance.
+    dtype: the output's dtype (mixed precision: the compute dtype); None keeps x's.  The
+      statistics and the multiply-add are float32 (or x's dtype if wider) either way.
   """
 
   num_groups: int
   epsilon: float = 1e-6
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    """Args: x [B, ..., C].  Returns the normalised x, same shape and dtype."""
+    """Args: x [B, ..., C].  Returns the normalised x, same shape, in ``dtype`` (default x's)."""
     channels = x.shape[-1]
     if channels % self.num_groups:
       raise ValueError(f"GroupNorm: {self.num_groups} groups do not divide {channels} channels.")
@@ -137,27 +147,46 @@ class GroupNorm(nn.Module):
     a = inv * scale.astype(stat_dtype)
     b = bias.astype(stat_dtype) - mean * a
     shape = (batch,) + (1,) * (x.ndim - 2) + (channels,)
-    return (x * a.reshape(shape).astype(x.dtype) + b.reshape(shape).astype(x.dtype)).astype(x.dtype)
+    out_dtype = self.dtype or x.dtype
+    return (x.astype(stat_dtype) * a.reshape(shape) + b.reshape(shape)).astype(out_dtype)
 
 
-def group_norm(channels: int) -> GroupNorm:
-  """GroupNorm with ``num_groups(channels)`` groups and ε = 1e-6."""
-  return GroupNorm(num_groups=num_groups(channels), epsilon=1e-6)
+def group_norm(channels: int, *, dtype: Any = None) -> GroupNorm:
+  """GroupNorm with ``num_groups(channels)`` groups and ε = 1e-6 (statistics in float32, output in ``dtype``)."""
+  return GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype)
 
 
-def conv3x3(features: int, *, init_scale: float = 1.0, stride: int = 1, use_bias: bool = True) -> nn.Conv:
-  """3×3 'SAME' convolution with DDPM initialization (bias zero)."""
+def conv3x3(features: int, *, init_scale: float = 1.0, stride: int = 1, use_bias: bool = True,
+            dtype: Any = None) -> nn.Conv:
+  """3×3 'SAME' convolution with DDPM initialization (bias zero), computing in ``dtype``."""
   return nn.Conv(features, (3, 3), strides=(stride, stride), padding="SAME", use_bias=use_bias,
-                 kernel_init=default_init(init_scale))
+                 kernel_init=default_init(init_scale), dtype=dtype)
 
 
 # Scale of score_sde's NIN (its default_init(0.1)): a 1×1 layer written as a dense map.
 NIN_INIT_SCALE = 0.1
 
 
-def conv1x1(features: int, *, init_scale: float = 1.0, use_bias: bool = True) -> nn.Conv:
-  """1×1 convolution (a per-pixel dense layer, DDPM's NIN) with DDPM initialization."""
-  return nn.Conv(features, (1, 1), use_bias=use_bias, kernel_init=default_init(init_scale))
+def conv1x1(features: int, *, init_scale: float = 1.0, use_bias: bool = True, dtype: Any = None) -> nn.Conv:
+  """1×1 convolution (a per-pixel dense layer, DDPM's NIN) with DDPM initialization, computing in ``dtype``."""
+  return nn.Conv(features, (1, 1), use_bias=use_bias, kernel_init=default_init(init_scale), dtype=dtype)
+
+
+def remat_block(cls: type[nn.Module]) -> type[nn.Module]:
+  """``nn.remat`` of a residual block class whose call is ``(x, temb, train)``.
+
+  ``train`` (argument 3, counting the module itself) is static.  The wrapped class keeps
+  ``cls``'s name, so automatic submodule names — and so parameter trees and checkpoints —
+  are the same with and without rematerialisation.
+  """
+  if cls not in _REMAT_BLOCKS:
+    wrapped = nn.remat(cls, static_argnums=(3,))
+    wrapped.__name__ = wrapped.__qualname__ = cls.__name__
+    _REMAT_BLOCKS[cls] = wrapped
+  return _REMAT_BLOCKS[cls]
+
+
+_REMAT_BLOCKS: dict[type, type] = {}
 
 
 # Sinusoidal timestep embedding (Vaswani et al. 2017, as used by Ho et al. 2020).
@@ -228,6 +257,7 @@ class LabelEmbedding(nn.Module):
 
   num_classes: int
   features: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, labels: Array | None, batch: int) -> Array:
@@ -235,7 +265,7 @@ class LabelEmbedding(nn.Module):
     if labels is None:
       labels = jnp.full((batch,), self.num_classes, jnp.int32)
     labels = jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (batch,))
-    return nn.Embed(self.num_classes + 1, self.features, name="embed")(labels)
+    return nn.Embed(self.num_classes + 1, self.features, dtype=self.dtype, name="embed")(labels)
 
 
 # Convolution fused with FIR resampling (Karras et al. 2020, StyleGAN2).
@@ -251,6 +281,7 @@ class FIRConv2d(nn.Module):
     use_bias: add a bias (initialized to zero).
     init_scale: scale of ``default_init`` for the weight.
     fused: evaluate the resampling convolution fused (default) or step by step.
+    dtype: computation dtype (None: x's).
   """
 
   features: int
@@ -261,6 +292,7 @@ class FIRConv2d(nn.Module):
   use_bias: bool = True
   init_scale: float = 1.0
   fused: bool = True
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -269,6 +301,8 @@ class FIRConv2d(nn.Module):
       raise ValueError("FIRConv2d cannot both up- and down-sample.")
     shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
     w = self.param("kernel", default_init(self.init_scale), shape)  # [K, K, C_in, C_out]
+    if self.dtype is not None:
+      x = x.astype(self.dtype)  # the uds helpers cast w to x's dtype
     if self.up:
       h = uds.upsample_conv_2d(x, w, self.fir_kernel, fused=self.fused)
     elif self.down:
@@ -293,6 +327,7 @@ class Resample(nn.Module):
     fir: FIR filtering instead of nearest-neighbour / average pooling.
     fir_kernel: FIR taps.
     up: upsample (True) or downsample (False).
+    dtype: computation dtype of the convolution (None: x's).
   """
 
   features: int | None = None
@@ -300,6 +335,7 @@ class Resample(nn.Module):
   fir: bool = False
   fir_kernel: Sequence[float] = uds.DEFAULT_FIR_KERNEL
   up: bool = True
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -308,24 +344,24 @@ class Resample(nn.Module):
     if not self.with_conv and out_ch != x.shape[-1]:
       raise ValueError("Resampling without a convolution cannot change the channel count.")
     if self.fir and self.with_conv:
-      return FIRConv2d(out_ch, 3, up=self.up, down=not self.up, fir_kernel=self.fir_kernel)(x)
+      return FIRConv2d(out_ch, 3, up=self.up, down=not self.up, fir_kernel=self.fir_kernel, dtype=self.dtype)(x)
     if self.fir:
       return uds.upsample_2d(x, self.fir_kernel) if self.up else uds.downsample_2d(x, self.fir_kernel)
     if self.up:
       h = uds.naive_upsample_2d(x)
-      return conv3x3(out_ch)(h) if self.with_conv else h
-    return conv3x3(out_ch, stride=2)(x) if self.with_conv else uds.naive_downsample_2d(x)
+      return conv3x3(out_ch, dtype=self.dtype)(h) if self.with_conv else h
+    return conv3x3(out_ch, stride=2, dtype=self.dtype)(x) if self.with_conv else uds.naive_downsample_2d(x)
 
 
 Upsample = functools.partial(Resample, up=True)
 Downsample = functools.partial(Resample, up=False)
 
 
-def _add_temb(h: Array, temb: Array | None) -> Array:
+def _add_temb(h: Array, temb: Array | None, dtype: Any = None) -> Array:
   """Adds a per-channel bias Dense(SiLU(temb)) [B, 1, 1, C] to h [B, H, W, C]; called inside compact."""
   if temb is None:
     return h
-  bias = nn.Dense(h.shape[-1], kernel_init=default_init(), name="temb_proj")(nn.silu(temb))  # [B, C]
+  bias = nn.Dense(h.shape[-1], kernel_init=default_init(), dtype=dtype, name="temb_proj")(nn.silu(temb))  # [B, C]
   return h + bias[:, None, None, :]
 
 
@@ -344,6 +380,7 @@ class ResnetBlockDDPM(nn.Module):
     dropout: dropout rate (active only when called with ``train=True``).
     skip_rescale: divide the residual sum by √2.
     init_scale: init scale of the last convolution.
+    dtype: computation dtype (None: float32, from the inputs and parameters).
   """
 
   out_ch: int | None = None
@@ -351,18 +388,20 @@ class ResnetBlockDDPM(nn.Module):
   dropout: float = 0.1
   skip_rescale: bool = False
   init_scale: float = 0.0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
     """Args: x [B, H, W, C], temb [B, E] or None, train.  Returns [B, H, W, out_ch]."""
-    out_ch = self.out_ch or x.shape[-1]
-    h = conv3x3(out_ch)(nn.silu(group_norm(x.shape[-1])(x)))
-    h = _add_temb(h, temb)
-    h = nn.silu(group_norm(out_ch)(h))
+    out_ch, dtype = self.out_ch or x.shape[-1], self.dtype
+    h = conv3x3(out_ch, dtype=dtype)(nn.silu(group_norm(x.shape[-1], dtype=dtype)(x)))
+    h = _add_temb(h, temb, dtype)
+    h = nn.silu(group_norm(out_ch, dtype=dtype)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = conv3x3(out_ch, init_scale=self.init_scale)(h)  # [B, H, W, out_ch]
+    h = conv3x3(out_ch, init_scale=self.init_scale, dtype=dtype)(h)  # [B, H, W, out_ch]
     if x.shape[-1] != out_ch:
-      x = conv3x3(out_ch)(x) if self.conv_shortcut else conv1x1(out_ch, init_scale=NIN_INIT_SCALE)(x)
+      x = (conv3x3(out_ch, dtype=dtype)(x) if self.conv_shortcut
+           else conv1x1(out_ch, init_scale=NIN_INIT_SCALE, dtype=dtype)(x))
     return residual_sum(x, h, self.skip_rescale)
 
 
@@ -379,6 +418,7 @@ class ResnetBlockBigGAN(nn.Module):
     fir_kernel: FIR taps.
     skip_rescale: divide the residual sum by √2.
     init_scale: init scale of the last convolution.
+    dtype: computation dtype (None: float32, from the inputs and parameters).
   """
 
   out_ch: int | None = None
@@ -389,6 +429,7 @@ class ResnetBlockBigGAN(nn.Module):
   fir_kernel: Sequence[float] = uds.DEFAULT_FIR_KERNEL
   skip_rescale: bool = True
   init_scale: float = 0.0
+  dtype: Any = None
 
   def _resample(self, x: Array) -> Array:
     if self.up:
@@ -402,17 +443,19 @@ class ResnetBlockBigGAN(nn.Module):
     """Args: x [B, H, W, C], temb [B, E] or None, train.  Returns [B, H', W', out_ch]."""
     if self.up and self.down:
       raise ValueError("ResnetBlockBigGAN cannot both up- and down-sample.")
-    out_ch = self.out_ch or x.shape[-1]
-    h = nn.silu(group_norm(x.shape[-1])(x))
+    out_ch, dtype = self.out_ch or x.shape[-1], self.dtype
+    if dtype is not None:
+      x = x.astype(dtype)  # the resampling filters run in x's dtype
+    h = nn.silu(group_norm(x.shape[-1], dtype=dtype)(x))
     h = self._resample(h)  # [B, H', W', C]
     x = self._resample(x)
-    h = conv3x3(out_ch)(h)
-    h = _add_temb(h, temb)
-    h = nn.silu(group_norm(out_ch)(h))
+    h = conv3x3(out_ch, dtype=dtype)(h)
+    h = _add_temb(h, temb, dtype)
+    h = nn.silu(group_norm(out_ch, dtype=dtype)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = conv3x3(out_ch, init_scale=self.init_scale)(h)  # [B, H', W', out_ch]
+    h = conv3x3(out_ch, init_scale=self.init_scale, dtype=dtype)(h)  # [B, H', W', out_ch]
     if x.shape[-1] != out_ch or self.up or self.down:
-      x = conv1x1(out_ch)(x)
+      x = conv1x1(out_ch, dtype=dtype)(x)
     return residual_sum(x, h, self.skip_rescale)
 
 
@@ -423,22 +466,27 @@ class AttnBlock(nn.Module):
   Attributes:
     skip_rescale: divide the residual sum by √2.
     init_scale: init scale of the output projection.
+    dtype: computation dtype of the projections and products (None: float32); the
+      softmax is always taken in float32 (or wider).
   """
 
   skip_rescale: bool = False
   init_scale: float = 0.0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """Args: x [B, H, W, C].  Returns [B, H, W, C]."""
     batch, height, width, channels = x.shape
-    h = group_norm(channels)(x)
-    q = conv1x1(channels, init_scale=NIN_INIT_SCALE)(h).reshape(batch, height * width, channels)  # [B, N, C]
-    k = conv1x1(channels, init_scale=NIN_INIT_SCALE)(h).reshape(batch, height * width, channels)
-    v = conv1x1(channels, init_scale=NIN_INIT_SCALE)(h).reshape(batch, height * width, channels)
+    dtype = self.dtype
+    h = group_norm(channels, dtype=dtype)(x)
+    q = conv1x1(channels, init_scale=NIN_INIT_SCALE, dtype=dtype)(h).reshape(batch, height * width, channels)  # [B, N, C]
+    k = conv1x1(channels, init_scale=NIN_INIT_SCALE, dtype=dtype)(h).reshape(batch, height * width, channels)
+    v = conv1x1(channels, init_scale=NIN_INIT_SCALE, dtype=dtype)(h).reshape(batch, height * width, channels)
     logits = jnp.einsum("bnc,bmc->bnm", q, k) / math.sqrt(channels)  # [B, N, N]
-    h = jnp.einsum("bnm,bmc->bnc", nn.softmax(logits, axis=-1), v).reshape(x.shape)
-    h = conv1x1(channels, init_scale=self.init_scale)(h)
+    probs = nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1).astype(v.dtype)
+    h = jnp.einsum("bnm,bmc->bnc", probs, v).reshape(x.shape)
+    h = conv1x1(channels, init_scale=self.init_scale, dtype=dtype)(h)
     return residual_sum(x, h, self.skip_rescale)
 
 
@@ -448,14 +496,16 @@ class Combine(nn.Module):
 
   Attributes:
     method: "sum" ([B, H, W, C_y]) or "cat" ([B, H, W, 2·C_y]).
+    dtype: computation dtype of the projection (None: float32).
   """
 
   method: str = "cat"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, y: Array) -> Array:
     """Args: x [B, H, W, C_x], y [B, H, W, C_y].  Returns the combination."""
     if self.method not in COMBINE_METHODS:
       raise ValueError(f"Combine.method must be one of {list(COMBINE_METHODS)}, got {self.method!r}.")
-    h = conv1x1(y.shape[-1])(x)
+    h = conv1x1(y.shape[-1], dtype=self.dtype)(x)
     return h + y if self.method == "sum" else jnp.concatenate([h, y], axis=-1)

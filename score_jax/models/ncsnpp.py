@@ -74,6 +74,14 @@ class NCSNpp(nn.Module):
       to the time embedding — the hook for classifier-free guidance.
     image_size: input height = width; must be divisible by 2^(len(ch_mult) − 1).
     num_channels: input (and output) channels.
+    dtype: the dtype the network computes in (None: float32).  With ``jnp.bfloat16`` the
+      convolutions, dense layers and attention products run in bfloat16 while parameters
+      stay float32 (Flax's ``param_dtype``), the noise embedding and its MLP, GroupNorm
+      statistics and the attention softmax are computed in float32, and the output is cast
+      back to x's dtype.
+    remat: rematerialise every residual block (``nn.remat``): its activations are
+      recomputed in the backward pass instead of stored, trading compute for memory.
+      Parameters and outputs are the same either way.
   """
 
   nf: int = 128
@@ -96,6 +104,8 @@ class NCSNpp(nn.Module):
   num_classes: int = 0
   image_size: int = 32
   num_channels: int = 3
+  dtype: Any = None
+  remat: bool = False
 
   def __post_init__(self):
     for field in ("ch_mult", "attn_resolutions", "fir_kernel"):  # lists from a ConfigDict become tuples
@@ -168,20 +178,26 @@ class NCSNpp(nn.Module):
       [B, image_size, image_size, num_channels], the raw network output.
     """
     layers.check_input("NCSNpp", x, self.image_size, self.num_channels)
-    temb = self._embedding(cond, labels, x.shape[0])
+    temb = self._embedding(cond, labels, x.shape[0])  # float32 (or wider)
     nf, levels, channels = self.nf, len(self.ch_mult), self.num_channels
+    dtype, out_dtype = self.dtype, x.dtype
+    if dtype is not None:
+      x = x.astype(dtype)
     fir = dict(fir=self.fir, fir_kernel=self.fir_kernel)
     if self.resblock_type == "ddpm":
-      resnet = functools.partial(layers.ResnetBlockDDPM, dropout=self.dropout, skip_rescale=self.skip_rescale,
-                                 init_scale=self.init_scale)
+      block, options = layers.ResnetBlockDDPM, {}
     else:
-      resnet = functools.partial(layers.ResnetBlockBigGAN, dropout=self.dropout, skip_rescale=self.skip_rescale,
-                                 init_scale=self.init_scale, **fir)
-    attn = functools.partial(layers.AttnBlock, skip_rescale=self.skip_rescale, init_scale=self.init_scale)
+      block, options = layers.ResnetBlockBigGAN, fir
+    resnet = functools.partial(layers.remat_block(block) if self.remat else block, dropout=self.dropout,
+                               skip_rescale=self.skip_rescale, init_scale=self.init_scale, dtype=dtype, **options)
+    attn = functools.partial(layers.AttnBlock, skip_rescale=self.skip_rescale, init_scale=self.init_scale, dtype=dtype)
+    conv3x3 = functools.partial(layers.conv3x3, dtype=dtype)
+    group_norm = functools.partial(layers.group_norm, dtype=dtype)
+    fir = dict(fir, dtype=dtype)
 
     # Down path: hs collects every skip, the first convolution included.
     input_pyramid = x  # [B, S, S, C], used by progressive_input
-    hs = [layers.conv3x3(nf)(x)]  # [B, S, S, nf]
+    hs = [conv3x3(nf)(x)]  # [B, S, S, nf]
     for i_level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
         h = resnet(out_ch=nf * mult)(hs[-1], temb, train)
@@ -196,7 +212,7 @@ class NCSNpp(nn.Module):
         h = resnet(down=True)(hs[-1], temb, train)  # [B, S', S', C_level]
       if self.progressive_input == "input_skip":
         input_pyramid = layers.Downsample(**fir)(input_pyramid)  # [B, S', S', channels]
-        h = layers.Combine(self.progressive_combine)(input_pyramid, h)
+        h = layers.Combine(self.progressive_combine, dtype=dtype)(input_pyramid, h)
       elif self.progressive_input == "residual":
         input_pyramid = layers.Downsample(h.shape[-1], with_conv=True, **fir)(input_pyramid)
         input_pyramid = layers.residual_sum(input_pyramid, h, self.skip_rescale)
@@ -215,11 +231,11 @@ class NCSNpp(nn.Module):
       if h.shape[1] in self.attn_resolutions:
         h = attn()(h)
       if self.progressive == "output_skip":
-        out = layers.conv3x3(channels, init_scale=self.init_scale)(nn.silu(layers.group_norm(h.shape[-1])(h)))
+        out = conv3x3(channels, init_scale=self.init_scale)(nn.silu(group_norm(h.shape[-1])(h)))
         pyramid = out if pyramid is None else layers.Upsample(**fir)(pyramid) + out  # [B, S', S', channels]
       elif self.progressive == "residual":
         if pyramid is None:
-          pyramid = layers.conv3x3(h.shape[-1])(nn.silu(layers.group_norm(h.shape[-1])(h)))
+          pyramid = conv3x3(h.shape[-1])(nn.silu(group_norm(h.shape[-1])(h)))
         else:
           pyramid = layers.Upsample(h.shape[-1], with_conv=True, **fir)(pyramid)
           pyramid = layers.residual_sum(pyramid, h, self.skip_rescale)
@@ -232,6 +248,6 @@ class NCSNpp(nn.Module):
     assert not hs, "every skip connection is consumed"
 
     if self.progressive == "output_skip":
-      return pyramid  # [B, S, S, channels]
-    h = nn.silu(layers.group_norm(h.shape[-1])(h))
-    return layers.conv3x3(channels, init_scale=self.init_scale)(h)  # [B, S, S, channels]
+      return pyramid.astype(out_dtype)  # [B, S, S, channels]
+    h = nn.silu(group_norm(h.shape[-1])(h))
+    return conv3x3(channels, init_scale=self.init_scale)(h).astype(out_dtype)  # [B, S, S, channels]

@@ -40,6 +40,8 @@ class UNet(nn.Module):
     num_classes: 0 for unconditional; else a label embedding with a null id num_classes.
     image_size: input height = width; must be divisible by 2^(len(ch_mult) − 1).
     num_channels: input (and output) channels.
+    dtype: computation dtype (None: float32); as ``NCSNpp.dtype``.
+    remat: rematerialise every residual block; as ``NCSNpp.remat``.
   """
 
   nf: int = 32
@@ -53,6 +55,8 @@ class UNet(nn.Module):
   num_classes: int = 0
   image_size: int = 8
   num_channels: int = 1
+  dtype: Any = None
+  remat: bool = False
 
   def __post_init__(self):
     if isinstance(self.ch_mult, list):
@@ -94,25 +98,30 @@ class UNet(nn.Module):
       temb = temb + layers.LabelEmbedding(self.num_classes, 4 * nf, name="label_embed")(labels, batch)
     elif labels is not None:
       raise ValueError("UNet got labels but num_classes=0; set num_classes for a class-conditional network.")
-    resnet = functools.partial(layers.ResnetBlockDDPM, dropout=self.dropout, skip_rescale=self.skip_rescale,
-                               init_scale=self.init_scale)
+    dtype, out_dtype = self.dtype, x.dtype
+    if dtype is not None:
+      x = x.astype(dtype)
+    block = layers.remat_block(layers.ResnetBlockDDPM) if self.remat else layers.ResnetBlockDDPM
+    resnet = functools.partial(block, dropout=self.dropout, skip_rescale=self.skip_rescale,
+                               init_scale=self.init_scale, dtype=dtype)
 
-    hs = [layers.conv3x3(nf)(x)]  # [B, S, S, nf]
+    hs = [layers.conv3x3(nf, dtype=dtype)(x)]  # [B, S, S, nf]
     for i_level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
         hs.append(resnet(out_ch=nf * mult)(hs[-1], temb, train))
       if i_level != len(self.ch_mult) - 1:
-        hs.append(layers.Downsample(with_conv=True)(hs[-1]))  # [B, S / 2, S / 2, C]
+        hs.append(layers.Downsample(with_conv=True, dtype=dtype)(hs[-1]))  # [B, S / 2, S / 2, C]
 
     h = resnet()(hs[-1], temb, train)
     if self.attention:
-      h = layers.AttnBlock(skip_rescale=self.skip_rescale, init_scale=self.init_scale)(h)
+      h = layers.AttnBlock(skip_rescale=self.skip_rescale, init_scale=self.init_scale, dtype=dtype)(h)
     h = resnet()(h, temb, train)
 
     for i_level in reversed(range(len(self.ch_mult))):
       for _ in range(self.num_res_blocks + 1):
         h = resnet(out_ch=nf * self.ch_mult[i_level])(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
       if i_level != 0:
-        h = layers.Upsample(with_conv=True)(h)  # [B, 2S', 2S', C]
-    h = nn.silu(layers.group_norm(h.shape[-1])(h))
-    return layers.conv3x3(self.num_channels, init_scale=self.init_scale)(h)  # [B, S, S, num_channels]
+        h = layers.Upsample(with_conv=True, dtype=dtype)(h)  # [B, 2S', 2S', C]
+    h = nn.silu(layers.group_norm(h.shape[-1], dtype=dtype)(h))
+    out = layers.conv3x3(self.num_channels, init_scale=self.init_scale, dtype=dtype)(h)
+    return out.astype(out_dtype)  # [B, S, S, num_channels]

@@ -1,0 +1,158 @@
+"""Compiled per-device memory of the train step at 512 and 1024 px: plain, remat, grad_accum, both.
+
+    python benchmarks/memory.py                      # the whole table (AFHQ-512 b32, FFHQ-1024 b8; 1 and 8 devices)
+    python benchmarks/memory.py --configs=afhq_512 --devices=1 --modes=plain,remat --dtypes=float32
+    python benchmarks/memory.py --json=runs/memory.json
+
+Nothing is allocated: the TrainState and the batch are ``jax.ShapeDtypeStruct``s
+(``experiment.abstract_state``), the real step (``train.make_train_step``, state donated) is
+lowered and compiled, and XLA's buffer assignment reports its sizes
+(``compiled.memory_analysis()``).  The per-device total is arguments + outputs − aliased
+(donated) + temporaries.  Devices are simulated on the CPU
+(``--xla_force_host_platform_device_count``, one subprocess per device count), so the
+figures are XLA:CPU's buffer sizes, an estimate of what a GPU or TPU compile of the same
+step needs: their fusion and scheduling differ (a TPU compile pads layouts, a GPU compile
+adds cuDNN workspaces), and a real device also holds the runtime's own reserve.  "fits"
+compares the estimate with 80 GB (an A100 / H100 80 GB) and 16 GB (a TPU v4 or v5e core's
+HBM as one device sees it), leaving no headroom.
+
+Settings: ``remat`` rematerialises every residual block; ``accum`` sets
+``config.training.grad_accum`` to the per-device batch (micro-batches of one example per
+device); ``both`` does both.  With one example per device already (FFHQ-1024, batch 8 on 8
+devices) there is nothing to accumulate and those rows are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {"afhq_512": ("configs/ve/afhq_512.py", 32), "ffhq_1024": ("configs/ve/ffhq_1024.py", 8)}
+MODES = ("plain", "remat", "accum", "both")
+DTYPES = ("float32", "bfloat16")
+GPU_BYTES, TPU_CORE_BYTES = 80e9, 16e9
+
+
+def measure(config_name: str, mode: str, dtype: str, *, smoke: bool = False) -> dict | None:
+  """One row, in a process whose device count is already set (also called by ``gpu.py`` on a GPU).
+
+  Args:
+    config_name: a key of CONFIGS.
+    mode: one of MODES.
+    dtype: one of DTYPES.
+    smoke: the config's smoke variant (16 px, tiny network) at batch 8, for dry runs.
+
+  Returns:
+    The row, or None when ``mode`` accumulates and there is one example per device.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from score_jax import experiment  # pylint: disable=g-import-not-at-top
+  from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from score_jax import train  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import train_step as bench  # pylint: disable=g-import-not-at-top
+
+  path, batch = CONFIGS[config_name]
+  batch = 8 if smoke else batch
+  devices = jax.device_count()
+  per_device = batch // devices
+  accum = per_device if mode in ("accum", "both") else 1
+  if mode in ("accum", "both") and accum == 1:
+    return None
+  config = bench.load_config(path + (":smoke" if smoke else ""))
+  bench.use_synthetic_data(config)
+  config.training.batch_size = batch
+  config.training.remat = mode in ("remat", "both")
+  config.training.grad_accum = accum
+  config.model.dtype = dtype
+  t0 = time.perf_counter()
+  setup = experiment.build(config)
+  keys = experiment.keys(config.seed)
+  repl = sharding_lib.replicated(setup.mesh)
+  state = experiment.abstract_state(setup, keys["init"], repl)
+  data = sharding_lib.data_sharding(setup.mesh)
+  shapes = {name: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=data)
+            for name, s in experiment.abstract_batch(setup).items()}
+  step = jax.jit(train.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, jax.tree.map(lambda _: data, shapes)),
+                 out_shardings=(repl, repl), donate_argnums=0)
+  compiled = step.lower(state, shapes).compile()
+  stats = compiled.memory_analysis()
+  total = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+           + stats.temp_size_in_bytes)
+  return {"config": path, "batch": batch, "devices": devices, "mode": mode, "remat": mode in ("remat", "both"),
+          "grad_accum": accum, "dtype": dtype, "params": experiment.num_params(state.params),
+          "argument_bytes": stats.argument_size_in_bytes, "output_bytes": stats.output_size_in_bytes,
+          "alias_bytes": stats.alias_size_in_bytes, "temp_bytes": stats.temp_size_in_bytes,
+          "total_bytes": total, "compile_s": time.perf_counter() - t0}
+
+
+def _worker(args: argparse.Namespace) -> None:
+  for config_name in args.configs.split(","):
+    for mode in args.modes.split(","):
+      for dtype in args.dtypes.split(","):
+        row = measure(config_name, mode, dtype)
+        if row is not None:
+          print("ROW " + json.dumps(row), flush=True)
+
+
+def table(rows: list[dict]) -> str:
+  gb = lambda b: f"{b / 1e9:.2f}"
+  lines = ["| config | batch | devices | setting | grad_accum | dtype | state + batch GB | temporaries GB | "
+           "per-device total GB | fits 80 GB GPU | fits 16 GB TPU core | build + compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {os.path.basename(r['config'])} | {r['batch']} | {r['devices']} | {r['mode']} | {r['grad_accum']} | "
+                 f"{r['dtype']} | {gb(r['argument_bytes'])} | {gb(r['temp_bytes'])} | {gb(r['total_bytes'])} | "
+                 f"{'yes' if r['total_bytes'] <= GPU_BYTES else 'no'} | "
+                 f"{'yes' if r['total_bytes'] <= TPU_CORE_BYTES else 'no'} | {r['compile_s']:.0f} |")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {list(CONFIGS)}")
+  parser.add_argument("--devices", default="1,8", help="comma list of simulated device counts")
+  parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {list(MODES)}")
+  parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma list of {list(DTYPES)}")
+  parser.add_argument("--json", default="", help="also write the rows here (must not exist)")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  for name, allowed in (("configs", CONFIGS), ("modes", MODES), ("dtypes", DTYPES)):
+    unknown = set(getattr(args, name).split(",")) - set(allowed)
+    if unknown:
+      parser.error(f"--{name}: unknown {sorted(unknown)}; choose from {list(allowed)}")
+  if args.json and os.path.exists(args.json):
+    parser.error(f"--json={args.json} exists; choose a new path")
+  if args.worker:
+    _worker(args)
+    return
+
+  rows, t0 = [], time.perf_counter()
+  for devices in [int(d) for d in args.devices.split(",")]:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip(),
+               JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--configs={args.configs}",
+           f"--modes={args.modes}", f"--dtypes={args.dtypes}"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    got = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
+    if proc.returncode:
+      sys.stderr.write(proc.stderr[-4000:])
+      raise SystemExit(f"the {devices}-device worker failed (exit {proc.returncode})")
+    rows += got
+  print(f"XLA:CPU buffer assignment of the train step (jax {__import__('jax').__version__}); "
+        f"{time.perf_counter() - t0:.0f} s in all; GB = 1e9 bytes.\n")
+  print(table(rows))
+  if args.json:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "x") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
