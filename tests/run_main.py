@@ -23,10 +23,12 @@ def env(devices: int = 1) -> dict[str, str]:
   """Environment of a child: CPU, ``devices`` simulated devices, the shared compilation cache."""
   # Children compile a train step and a sampler, then run a few steps: LLVM optimisation off
   # saves more compile time than it costs them (SCORE_JAX_TEST_OPTIMIZE=1 keeps it on).
-  flags = f"--xla_force_host_platform_device_count={devices}"
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()  # the test process's (conftest.py)
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  flags.append(f"--xla_force_host_platform_device_count={devices}")
   if os.environ.get("SCORE_JAX_TEST_OPTIMIZE", "0") != "1":
-    flags += " --xla_backend_optimization_level=0"
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
+    flags.append("--xla_backend_optimization_level=0")
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags),
               JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
               PYTHONPATH=str(ROOT))
 
