@@ -12,6 +12,7 @@ from score_jax import classifiers
 from score_jax import evaluate
 from score_jax import experiment
 from score_jax.data import embedded
+from score_jax import compilation
 from score_jax.models.classifier import Classifier
 from tests.test_configs import load
 
@@ -19,7 +20,7 @@ from tests.test_configs import load
 def test_outputs_have_the_documented_shapes():
   model = Classifier(widths=(8, 16), num_classes=4, feature_dim=12, image_size=16, num_channels=3)
   x = jnp.linspace(0.0, 1.0, 2 * 16 * 16 * 3).reshape(2, 16, 16, 3)  # [2, 16, 16, 3]
-  params = model.init(jax.random.key(0), x)
+  params = compilation.run_once(model.init, jax.random.key(0), x)
   out = model.apply(params, x)
   assert out["features"].shape == (2, 12) and out["logits"].shape == (2, 4)
   assert float(jnp.min(out["features"])) >= 0.0  # post-ReLU, like Inception's pool features

@@ -13,6 +13,7 @@ from scipy import integrate
 from scipy import stats
 
 from score_jax import classifiers
+from score_jax import compilation
 from score_jax import experiment
 from score_jax import sde as sde_lib
 from score_jax.data import embedded
@@ -28,7 +29,7 @@ from tests.test_configs import load
 def test_logits_have_the_documented_shape_and_depend_on_sigma(cls, fields, shape):
   model = cls(num_classes=4, **fields)
   x = jnp.linspace(-1.0, 1.0, math.prod(shape)).reshape(shape)
-  params = jax.jit(model.init)(jax.random.key(0), x, jnp.ones(3))
+  params = compilation.run_once(model.init, jax.random.key(0), x, jnp.ones(3))
   apply = jax.jit(model.apply)
   low, high = apply(params, x, jnp.full(3, 0.01)), apply(params, x, jnp.full(3, 10.0))
   assert low.shape == (3, 4)

@@ -115,7 +115,7 @@ def test_mlp_output_has_input_shape(shape):
   model = MLPScore(hidden=8, num_layers=2, embed_dim=8, num_fourier_features=4)
   x = jnp.ones(shape)
   t = jnp.linspace(0.1, 1.0, shape[0])  # [B]
-  params = model.init(jax.random.key(0), x, t)
+  params = compilation.run_once(model.init, jax.random.key(0), x, t)
   assert model.apply(params, x, t).shape == shape
   assert model.apply(params, x, 0.5).shape == shape  # a scalar t is broadcast
 
@@ -123,7 +123,7 @@ def test_mlp_output_has_input_shape(shape):
 def test_mlp_fourier_frequencies_are_not_trained():
   model = get_model("mlp", hidden=8, num_layers=1, embed_dim=8, num_fourier_features=4)
   x, t = jnp.ones((3, 2)), jnp.full((3,), 0.3)
-  params = model.init(jax.random.key(0), x, t)["params"]
+  params = compilation.run_once(model.init, jax.random.key(0), x, t)["params"]
   grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, t) ** 2))(params)
   assert np.all(np.asarray(grads["time_fourier"]["W"]) == 0.0)
   with pytest.raises(ValueError, match="no field"):
