@@ -43,7 +43,6 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from score_jax import experiment  # pylint: disable=g-import-not-at-top
 from score_jax import sampling  # pylint: disable=g-import-not-at-top
 from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-from score_jax import train  # pylint: disable=g-import-not-at-top
 import memory as memory_bench  # pylint: disable=g-import-not-at-top
 import train_step as bench  # pylint: disable=g-import-not-at-top
 
@@ -88,18 +87,7 @@ def run_train(name: str, dtype: str, args: argparse.Namespace) -> dict:
   config = _config(name, dtype, args)
   setup = experiment.build(config)
   keys = experiment.keys(config.seed)
-  repl = sharding_lib.replicated(setup.mesh)
-  shapes = experiment.abstract_batch(setup)
-  batch_sh = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), shapes)
-  state = jax.jit(lambda k: experiment.init_state(setup, k), out_shardings=repl)(keys["init"])
-  step = jax.jit(train.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_sh),
-                 out_shardings=(repl, repl), donate_argnums=0)
-  t0 = time.perf_counter()
-  compiled = step.lower(state, shapes).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  state, compiled, compile_s, flops, shapes = bench.compiled_train_step(setup, keys)
   rng = np.random.default_rng(0)
   batch = {"image": sharding_lib.global_batch(rng.random(shapes["image"].shape, np.float32), setup.mesh)}
   if "label" in shapes:

@@ -51,6 +51,33 @@ def use_synthetic_data(config, image_size=None) -> None:
   data.options = {"num_train": 16, "num_test": 16}
 
 
+def compile_with_flops(jitted, *args):
+  """(compiled, compile seconds, FLOPs per call from XLA's cost analysis; NaN if it gives none)."""
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  return compiled, compile_s, flops
+
+
+def compiled_train_step(setup, keys):
+  """A fresh replicated state and the real train step (state donated), compiled for one batch.
+
+  Returns:
+    (state, compiled step, compile seconds, FLOPs per step, abstract batch).
+  """
+  repl = sharding_lib.replicated(setup.mesh)
+  shapes = experiment.abstract_batch(setup)
+  batch_sh = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), shapes)
+  state = compilation.run_once(functools.partial(experiment.init_state, setup), keys["init"], out_shardings=repl)
+  step_fn = jax.jit(train.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_sh),
+                    out_shardings=(repl, repl), donate_argnums=0)
+  compiled, compile_s, flops = compile_with_flops(step_fn, state, shapes)
+  return state, compiled, compile_s, flops, shapes
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="config file, optionally path.py:variant")
@@ -69,20 +96,8 @@ def main() -> None:
     use_synthetic_data(config, args.image_size)
   setup = experiment.build(config)
   keys = experiment.keys(config.seed)
-  repl = sharding_lib.replicated(setup.mesh)
-  shapes = experiment.abstract_batch(setup)
-  batch_sh = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), shapes)
-  state = compilation.run_once(functools.partial(experiment.init_state, setup), keys["init"], out_shardings=repl)
-  step_fn = jax.jit(train.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_sh),
-                    out_shardings=(repl, repl), donate_argnums=0)
-
   feeder = train.BatchFeeder(setup, keys["data"])
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(state, shapes).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  state, compiled, compile_s, flops, shapes = compiled_train_step(setup, keys)
 
   if args.synthetic:
     rng = np.random.default_rng(0)
