@@ -6,7 +6,8 @@ and benchmarks put the root on ``sys.path`` themselves).
 
 The ``smoke`` variant keeps the structure of a config — SDE, loss, sampler, network options
 (block type, FIR, progressive growing, embedding) — and shrinks its sizes so a few training
-steps and a sample run in under a minute on a 2-core CPU, mostly compiling (digits: about 40 s):
+steps and a sample run in under a minute on a 2-core CPU, mostly compiling (digits: about 20 s
+with an empty compilation cache on a quiet 2-core Intel Xeon):
 a 2-level, 8-channel network, batch 8, four
 steps, eight samples with few sampler steps.  Configs whose data live on disk (folders,
 TFDS, tfrecords) switch to the embedded ``shapes`` dataset at 16×16 in smoke mode, so the

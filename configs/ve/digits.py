@@ -6,7 +6,8 @@ draws recognisable digits after minutes of training on a 2-core CPU.
     python main.py --config=configs/ve/digits.py --workdir=runs/digits_ve --mode=train_noisy_classifier
 
 σ_max = 5 is about the largest distance between two training digits (4.8 in [0, 1]^64),
-score_sde's rule for VE.  Variant ``smoke`` takes about 40 s on a 2-core CPU, mostly compiling (tests, debugging).
+score_sde's rule for VE.  Variant ``smoke`` takes about 20 s on a quiet 2-core CPU with an empty compilation cache, mostly compiling
+(tests, debugging).
 """
 
 import ml_collections
