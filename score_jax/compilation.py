@@ -150,9 +150,9 @@ def run_once(fn: Callable[..., Any], *args: Any, out_shardings: Any = None) -> A
   """``jax.jit(fn, out_shardings=...)(*args)`` for a program that runs once, such as initialisation.
 
   On CPU it compiles with LLVM's optimisation off: initialisation is dozens of threefry draws
-  of distinct shapes, which XLA:CPU spends seconds each optimising (the digits smoke network's
-  init compiled in ~30 s, against ~5 s unoptimised, on a 2-core CPU) for a program whose run
-  time is milliseconds.  The values agree with an optimised compile's to float rounding
+  of distinct shapes, which XLA:CPU spends a long time optimising (the digits smoke network's
+  init: 8.3 s against 1.9 s unoptimised, measured on a quiet 2-core CPU) for a program whose
+  run time is milliseconds.  The values agree with an optimised compile's to float rounding
   (LLVM contracts a few multiply-adds differently: 1-ulp differences).  Other backends compile
   as usual.
   """
