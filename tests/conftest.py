@@ -1,11 +1,14 @@
-"""Test-wide settings: a persistent JAX compilation cache so reruns skip XLA compiles, and the
-repository root on sys.path for the config files.
+"""Test-wide settings: a persistent JAX compilation cache so reruns skip XLA compiles, the
+repository root on sys.path for the config files, and how much XLA optimises.
 
-Child processes started through ``tests/run_main.py`` (several devices, kill -9, SIGTERM, two
-JAX processes) compile with XLA:CPU's LLVM optimisation off: they compile a train step and a
-sampler and then run a few steps, so compile time is most of their time.  The test process
-itself compiles optimised, as users do: many of its tests run long sampler loops, which
-unoptimised code runs about 3x slower.
+Most tests compile a program and run it once or a few times on small shapes: compiling is
+most of their time (612 s of the suite's 1233 s of worker time, measured on the 2-core CPU),
+and XLA's optimisation passes most of that.  So tests compile with
+``jax_disable_most_optimizations`` (XLA:CPU's LLVM optimisation off), except tests marked
+``@pytest.mark.optimized``: those run long sampler loops, which unoptimised code runs up to
+about 3x slower, and they compile as users do.  Child processes started through
+``tests/run_main.py`` (several devices, kill -9, SIGTERM, two JAX processes) compile with
+``--xla_backend_optimization_level=0`` for the same reason.
 """
 
 import os
@@ -13,6 +16,7 @@ import pathlib
 import sys
 
 import jax
+import pytest
 
 # XLA:CPU's MLIR fusion emitters compile small programs more slowly than the classic
 # emitters, and this suite compiles hundreds of them (test_dpm_solver: 49 s against 64 s,
@@ -30,3 +34,15 @@ if _ROOT not in sys.path:
 _CACHE = os.environ.get("SCORE_JAX_TEST_CACHE", str(pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_disable_most_optimizations", True)  # per test below
+
+
+def pytest_runtest_setup(item):
+  """Compiles unoptimised unless the test is marked ``optimized``; module fixtures set up by
+  the test's setup follow the same choice."""
+  jax.config.update("jax_disable_most_optimizations", item.get_closest_marker("optimized") is None)
+
+
+def pytest_runtest_teardown(item):
+  del item
+  jax.config.update("jax_disable_most_optimizations", True)

@@ -10,6 +10,9 @@ from score_jax import sampling
 from score_jax.data import toy
 from score_jax.sampling.adaptive import adaptive_sample_with_stats
 
+# Long adaptive loops: compiled with XLA's optimisation (tests/conftest.py).
+pytestmark = pytest.mark.optimized
+
 N = 4000
 # Looser than the default 0.01 (the paper sweeps 0.01, 0.02, 0.05, 0.1).
 FAST = dict(rel_tol=0.03)

@@ -64,7 +64,8 @@ def test_cfg_score_is_the_conditional_score_pushed_away_from_the_null_label(w):
   setup = experiment.build(config)
   guide = class_guidance.build_guide(config, setup, "unused")
   params = compilation.run_once(functools.partial(experiment.init_params, setup), jax.random.key(1))
-  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), params)
+  # One program: eager, each parameter shape compiled its own random kernel (20-30 s).
+  params = jax.jit(lambda ps: jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), ps))(params)
   x, t = jax.random.normal(jax.random.key(0), (3,) + setup.data_shape), jnp.full(3, 0.4)
   got = jax.jit(lambda x: guide(guide.sampler_params(params), jnp.array([2, 11, 9]))(x, t))(x)
   score = jax.jit(lambda x, labels: setup.score_fn(params, labels)(x, t))

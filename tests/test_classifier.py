@@ -38,6 +38,7 @@ def test_bad_fields_are_named(fields, message):
     Classifier(**fields)
 
 
+@pytest.mark.optimized  # 300 training steps (tests/conftest.py)
 def test_trains_on_digits_to_held_out_accuracy_and_is_never_overwritten(tmp_path):
   _, config = load("configs/ve/digits.py")
   config.eval.classifier.num_steps = 400  # the config's 1000 steps reach ~95-96 %

@@ -178,8 +178,8 @@ def _random_stats(variables, seed):
 def test_block_e_pool_branch(pool):
   x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 4, 4, 8)), jnp.float32)
   block = inception.InceptionE(pool)
-  variables = _random_stats(block.init(jax.random.PRNGKey(0), x), seed=2)
-  out = np.asarray(block.apply(variables, x))  # [1, 4, 4, 2048]
+  variables = _random_stats(jax.jit(block.init)(jax.random.PRNGKey(0), x), seed=2)
+  out = np.asarray(jax.jit(block.apply)(variables, x))  # [1, 4, 4, 2048]
   assert out.shape == (1, 4, 4, 2048)
   pooled = inception._avg_pool_exclude_pad(x) if pool == "avg" else inception._max_pool_same(x)
   np.testing.assert_allclose(out[..., -192:], _branch_pool_reference(variables, pooled), rtol=1e-4, atol=1e-4)
@@ -188,8 +188,8 @@ def test_block_e_pool_branch(pool):
 def test_block_a_pool_branch_excludes_padding():
   x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 5, 5, 8)), jnp.float32)
   block = inception.InceptionA(16)
-  variables = _random_stats(block.init(jax.random.PRNGKey(0), x), seed=4)
-  out = np.asarray(block.apply(variables, x))
+  variables = _random_stats(jax.jit(block.init)(jax.random.PRNGKey(0), x), seed=4)
+  out = np.asarray(jax.jit(block.apply)(variables, x))
   assert out.shape == (1, 5, 5, 64 + 64 + 96 + 16)
   expected = _branch_pool_reference(variables, inception._avg_pool_exclude_pad(x))
   np.testing.assert_allclose(out[..., -16:], expected, rtol=1e-4, atol=1e-4)

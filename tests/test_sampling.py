@@ -10,6 +10,9 @@ from mixture_bar import (MEAN_TOL, SCORES, SDES, assert_batch_independent, asser
 from score_jax import sampling
 from score_jax.data import toy
 
+# These samplers run thousands of steps: compiled with XLA's optimisation (tests/conftest.py).
+pytestmark = pytest.mark.optimized
+
 N = 4000
 
 

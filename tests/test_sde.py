@@ -152,6 +152,7 @@ def _euler_maruyama_moments(key, f, g, h):
   return means, variances
 
 
+@pytest.mark.optimized  # a long Euler–Maruyama loop (tests/conftest.py)
 def test_forward_sde_monte_carlo_matches_marginal():
   """Fine Euler–Maruyama of dx = f x dt + g dw (2000 steps, 4000 paths, 3 dims) from a fixed
   x0 reproduces marginal(x0, t) of every SDE × schedule at six times.
