@@ -8,7 +8,14 @@ and XLA's optimisation passes most of that.  So tests compile with
 ``@pytest.mark.optimized``: those run long sampler loops, which unoptimised code runs up to
 about 3x slower, and they compile as users do.  Child processes started through
 ``tests/run_main.py`` (several devices, kill -9, SIGTERM, two JAX processes) compile with
-``--xla_backend_optimization_level=0`` for the same reason.
+``--xla_backend_optimization_level=0`` for the same reason.  Measured on the 2-core CPU from an
+empty cache: compile time 612 s -> 318 s, worker time 1233 s -> 944 s.
+
+Mark a test ``optimized`` when its run, not its compile, dominates.  One finding: on jax 0.10,
+with the classic emitters below *and* optimisation off, the adaptive solver's batch
+independence check fails (a batch of 9 gives other samples for rows 0-7 than a batch of 8,
+deterministically); optimised, or unoptimised with the default emitters, it holds.  The
+adaptive tests run optimised, as users run them.
 """
 
 import os
