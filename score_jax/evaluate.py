@@ -552,7 +552,8 @@ class SampleDrawer:
   def __init__(self, setup: experiment.Setup, opts: EvalOptions):
     self.setup, self.opts = setup, opts
     self.key = _eval_key(setup, "samples")
-    self._draw = sample_lib.make_sampler(setup, opts.num_samples, batch_size=opts.sample_batch_size)  # compiles on use
+    self._draw = compilation.timed_first_call(  # compiles on first use; logs "Compile: sampler ..."
+        sample_lib.make_sampler(setup, opts.num_samples, batch_size=opts.sample_batch_size), "sampler")
 
   def __call__(self, params: Any, step: int) -> tuple[np.ndarray, int]:
     """(samples [num_samples, ...] in the data range, NFE per sample)."""
@@ -636,6 +637,8 @@ class _Evaluator:
         record.update(self.bpd(params))
       record["bpd_time_s"] = time.perf_counter() - t0
       record["bpd_compiles"] = compiled.compiles  # the first checkpoint's; 0 after (parameters are an argument)
+      if compiled.compiles:
+        logging.info("%s", compilation.describe("bits/dim solve", compiled))
     if self.draw is not None:
       logging.info("Step %d: drawing %d samples (%s).", step, self.opts.num_samples, self.setup.sampling_method)
       record.update(self._sample_metrics(params, step))

@@ -73,15 +73,19 @@ def test_rerun_neither_recomputes_nor_duplicates(run):
   assert pathlib.Path(workdir, "eval", "results.jsonl").read_bytes() == before
 
 
-def test_restart_continues_where_it_stopped(run, tmp_path):
+def test_restart_continues_where_it_stopped(run, tmp_path, caplog):
   """A run killed after its first line evaluates only the second checkpoint on restart."""
   workdir = str(tmp_path / "copy")
   shutil.copytree(run["workdir"], workdir)
   path = pathlib.Path(workdir, "eval", "results.jsonl")
   first = _lines(workdir)[0]
   path.write_text(first + "\n" + '{"step": 4, "lo')  # a torn line, as a kill mid-write leaves it
-  records = evaluate.evaluate(run["config"], workdir)
+  with caplog.at_level(logging.INFO):
+    records = evaluate.evaluate(run["config"], workdir)
   assert [r["step"] for r in records] == [4]
+  # Like training, eval logs what its first sampler call and bits/dim solve compiled.
+  compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compile: ")]
+  assert [m.split(" s (")[0].rsplit(" ", 1)[0] for m in compiled] == ["Compile: bits/dim solve", "Compile: sampler"]
   steps = [json.loads(line)["step"] for line in _lines(workdir)[:1] + _lines(workdir)[2:]]
   assert steps == [2, 4]
   # Same keys, same parameters: the recomputed step matches the first run's numbers.
