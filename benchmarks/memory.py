@@ -20,12 +20,19 @@ Settings: ``remat`` rematerialises every residual block; ``accum`` sets
 ``config.training.grad_accum`` to the per-device batch (micro-batches of one example per
 device); ``both`` does both.  With one example per device already (FFHQ-1024, batch 8 on 8
 devices) there is nothing to accumulate and those rows are skipped.
+
+``--residuals`` prints a second, compiler-independent table instead: the bytes the traced
+training loss keeps for its backward pass (the residuals of ``jax.vjp``, weights the backward
+reads included) for one device's micro-batch, traced only (seconds per row, nothing
+compiled).  That is the activation memory rematerialisation removes at the program level;
+XLA fuses some of those values away, so it bounds the compiled activations from above.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -91,6 +98,58 @@ def measure(config_name: str, mode: str, dtype: str, *, smoke: bool = False) -> 
           "total_bytes": total, "compile_s": time.perf_counter() - t0}
 
 
+def saved_for_backward(config_name: str, mode: str, dtype: str, devices: int) -> dict | None:
+  """Bytes that one device's backward pass needs from its forward pass (``jax.vjp`` residuals).
+
+  The loss is the train step's (``setup.loss_fn`` on the score network in training mode) on
+  one micro-batch of ``batch / devices / grad_accum`` examples; only shapes are traced.
+  Returns None when ``mode`` accumulates and there is one example per device.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from score_jax import experiment  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import train_step as bench  # pylint: disable=g-import-not-at-top
+
+  path, batch = CONFIGS[config_name]
+  per_device = batch // devices
+  accum = per_device if mode in ("accum", "both") else 1
+  if mode in ("accum", "both") and accum == 1:
+    return None
+  config = bench.load_config(path)
+  bench.use_synthetic_data(config)
+  config.training.remat = mode in ("remat", "both")
+  config.model.dtype = dtype
+  setup = experiment.build(config)
+  params = jax.eval_shape(lambda key: experiment.init_params(setup, key), jax.random.key(0))
+  n = per_device // accum
+  x = jax.ShapeDtypeStruct((n,) + tuple(setup.data_shape), jnp.float32)
+  labels = jnp.zeros((n,), jnp.int32) if setup.num_classes else None
+
+  def residuals(params, x):
+    def loss(p):
+      key = jax.random.key(1)
+      return setup.loss_fn(key, setup.sde, setup.score_fn(p, labels, train=True, dropout_key=key), x)
+    return jax.vjp(loss, params)[1]  # a pytree whose leaves are the residuals
+
+  nbytes = lambda tree: sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(tree))
+  return {"config": path, "batch": batch, "devices": devices, "mode": mode, "grad_accum": accum, "dtype": dtype,
+          "examples_per_pass": n, "residual_bytes": nbytes(jax.eval_shape(residuals, params, x)),
+          "param_bytes": nbytes(params)}
+
+
+def residual_table(rows: list[dict]) -> str:
+  gb = lambda b: f"{b / 1e9:.2f}"
+  lines = ["| config | batch | devices | setting | grad_accum | dtype | examples per pass | parameters GB | "
+           "saved for backward GB |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {os.path.basename(r['config'])} | {r['batch']} | {r['devices']} | {r['mode']} | "
+                 f"{r['grad_accum']} | {r['dtype']} | {r['examples_per_pass']} | {gb(r['param_bytes'])} | "
+                 f"{gb(r['residual_bytes'])} |")
+  return "\n".join(lines)
+
+
 def _worker(args: argparse.Namespace) -> None:
   for config_name in args.configs.split(","):
     for mode in args.modes.split(","):
@@ -120,6 +179,8 @@ def main() -> None:
   parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {list(MODES)}")
   parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma list of {list(DTYPES)}")
   parser.add_argument("--json", default="", help="also write the rows here (must not exist)")
+  parser.add_argument("--residuals", action="store_true",
+                      help="print what the forward pass keeps for the backward pass (traced, not compiled)")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   for name, allowed in (("configs", CONFIGS), ("modes", MODES), ("dtypes", DTYPES)):
@@ -130,6 +191,15 @@ def main() -> None:
     parser.error(f"--json={args.json} exists; choose a new path")
   if args.worker:
     _worker(args)
+    return
+  if args.residuals:
+    t0 = time.perf_counter()
+    rows = [row for devices in [int(d) for d in args.devices.split(",")] for config_name in args.configs.split(",")
+            for mode in args.modes.split(",") for dtype in args.dtypes.split(",")
+            if (row := saved_for_backward(config_name, mode, dtype, devices)) is not None]
+    print(f"Residuals of jax.vjp of the training loss per device, traced ({time.perf_counter() - t0:.0f} s; "
+          "GB = 1e9 bytes; weights the backward pass reads are counted).\n")
+    print(residual_table(rows))
     return
 
   rows, t0 = [], time.perf_counter()

@@ -124,6 +124,28 @@ def test_remat_and_grad_accum_step_gives_the_plain_full_batch_update():
   assert compared > 0.9 * 2 * sum(g.size for g in grads)  # nearly every entry is compared
 
 
+def _saved_for_backward(overrides: tuple) -> int:
+  """Bytes of the jax.vjp residuals of the training loss on one batch (traced, nothing compiled)."""
+  setup = _setup(overrides)
+  params = jax.eval_shape(lambda key: experiment.init_params(setup, key), jax.random.key(0))
+  x = jax.ShapeDtypeStruct((BATCH,) + tuple(setup.data_shape), jnp.float32)
+
+  def residuals(params, x):
+    key = jax.random.key(1)
+    loss = lambda p: setup.loss_fn(key, setup.sde, setup.score_fn(p, None, train=True, dropout_key=key), x)
+    return jax.vjp(loss, params)[1]
+
+  return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(jax.eval_shape(residuals, params, x)))
+
+
+def test_remat_keeps_less_for_the_backward_pass():
+  """What benchmarks/memory.py --residuals measures at 512 px, on the tiny NCSN++: rematerialised
+  blocks keep only their inputs for the backward pass (XLA:CPU's buffer assignment does not
+  show this saving; see BENCHMARKS.md)."""
+  plain, remat = _saved_for_backward(()), _saved_for_backward((("training__remat", True),))
+  assert remat < 0.6 * plain, (remat, plain)
+
+
 def test_microbatch_rows_partition_every_devices_share():
   rows = np.arange(12)
   parts = [np.asarray(train.microbatch_rows(jnp.asarray(rows), index=i, count=3, groups=2)) for i in range(3)]
