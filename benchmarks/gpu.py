@@ -134,30 +134,29 @@ def _fmt(value, spec: str) -> str:
   return "" if value is None else format(value, spec)
 
 
+def _section(rows: list[dict], kind: str, header: str, cells) -> list[str]:
+  """Markdown rows of one kind: config, dtype, batch, then ``cells(row)`` (or the error)."""
+  width = header.count("|") - 1
+  lines = [header, "|" + "---|" * width]
+  for r in rows:
+    if r["kind"] == kind:
+      lead = f"| {os.path.basename(r['config'])} | {r['dtype']} | {r['batch']} | "
+      lines.append(lead + (f"{r['error']} |" + " |" * (width - 4) if "error" in r else cells(r)))
+  return lines
+
+
 def table(rows: list[dict], device: str) -> str:
-  lines = [f"Device: {device}; jax {jax.__version__}.", "",
-           "| config | dtype | batch | compile s | step ms | images/s | GFLOP/step | TFLOP/s | MFU % |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    if r["kind"] == "train":
-      name = os.path.basename(r["config"])
-      if "error" in r:
-        lines.append(f"| {name} | {r['dtype']} | {r['batch']} | {r['error']} | | | | | |")
-        continue
-      lines.append(f"| {name} | {r['dtype']} | {r['batch']} | {r['compile_s']:.1f} | {r['step_ms']:.2f} | "
-                   f"{r['images_per_s']:.1f} | {r['gflop_per_step']:.1f} | {r['achieved_tflops']:.1f} | "
-                   f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f')} |")
-  lines += ["", "| config | dtype | samples | PC steps timed | ms / PC step | images/s at those steps | "
-            "config's PC steps | images/s at the config's steps |", "|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    if r["kind"] == "sample":
-      name = os.path.basename(r["config"])
-      if "error" in r:
-        lines.append(f"| {name} | {r['dtype']} | {r['batch']} | {r['error']} | | | | |")
-        continue
-      lines.append(f"| {name} | {r['dtype']} | {r['batch']} | {r['pc_steps']} | {r['ms_per_pc_step']:.2f} | "
-                   f"{r['images_per_s']:.2f} | {r['config_pc_steps']} | {r['images_per_s_at_config_steps']:.3f} |")
-  return "\n".join(lines)
+  train = _section(
+      rows, "train", "| config | dtype | batch | compile s | step ms | images/s | GFLOP/step | TFLOP/s | MFU % |",
+      lambda r: (f"{r['compile_s']:.1f} | {r['step_ms']:.2f} | {r['images_per_s']:.1f} | "
+                 f"{r['gflop_per_step']:.1f} | {r['achieved_tflops']:.1f} | "
+                 f"{_fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f')} |"))
+  sample = _section(
+      rows, "sample", "| config | dtype | samples | PC steps timed | ms / PC step | images/s at those steps | "
+      "config's PC steps | images/s at the config's steps |",
+      lambda r: (f"{r['pc_steps']} | {r['ms_per_pc_step']:.2f} | {r['images_per_s']:.2f} | "
+                 f"{r['config_pc_steps']} | {r['images_per_s_at_config_steps']:.3f} |"))
+  return "\n".join([f"Device: {device}; jax {jax.__version__}.", ""] + train + [""] + sample)
 
 
 def _out_of_memory(e: Exception) -> bool:

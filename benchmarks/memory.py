@@ -45,6 +45,25 @@ DTYPES = ("float32", "bfloat16")
 GPU_BYTES, TPU_CORE_BYTES = 80e9, 16e9
 
 
+def _row_config(config_name: str, mode: str, dtype: str, devices: int, *, smoke: bool = False):
+  """The config of one row (synthetic data, batch, remat, grad_accum, dtype set), or None when
+  ``mode`` accumulates and there is one example per device."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import train_step as bench  # pylint: disable=g-import-not-at-top
+  path, batch = CONFIGS[config_name]
+  batch = 8 if smoke else batch
+  accum = batch // devices if mode in ("accum", "both") else 1
+  if mode in ("accum", "both") and accum == 1:
+    return None
+  config = bench.load_config(path + (":smoke" if smoke else ""))
+  bench.use_synthetic_data(config)
+  config.training.batch_size = batch
+  config.training.remat = mode in ("remat", "both")
+  config.training.grad_accum = accum
+  config.model.dtype = dtype
+  return config
+
+
 def measure(config_name: str, mode: str, dtype: str, *, smoke: bool = False) -> dict | None:
   """One row, in a process whose device count is already set (also called by ``gpu.py`` on a GPU).
 
@@ -61,22 +80,12 @@ def measure(config_name: str, mode: str, dtype: str, *, smoke: bool = False) -> 
   from score_jax import experiment  # pylint: disable=g-import-not-at-top
   from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   from score_jax import train  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  import train_step as bench  # pylint: disable=g-import-not-at-top
 
-  path, batch = CONFIGS[config_name]
-  batch = 8 if smoke else batch
   devices = jax.device_count()
-  per_device = batch // devices
-  accum = per_device if mode in ("accum", "both") else 1
-  if mode in ("accum", "both") and accum == 1:
+  config = _row_config(config_name, mode, dtype, devices, smoke=smoke)
+  if config is None:
     return None
-  config = bench.load_config(path + (":smoke" if smoke else ""))
-  bench.use_synthetic_data(config)
-  config.training.batch_size = batch
-  config.training.remat = mode in ("remat", "both")
-  config.training.grad_accum = accum
-  config.model.dtype = dtype
+  path, batch, accum = CONFIGS[config_name][0], config.training.batch_size, config.training.grad_accum
   t0 = time.perf_counter()
   setup = experiment.build(config)
   keys = experiment.keys(config.seed)
@@ -108,21 +117,15 @@ def saved_for_backward(config_name: str, mode: str, dtype: str, devices: int) ->
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from score_jax import experiment  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  import train_step as bench  # pylint: disable=g-import-not-at-top
 
-  path, batch = CONFIGS[config_name]
-  per_device = batch // devices
-  accum = per_device if mode in ("accum", "both") else 1
-  if mode in ("accum", "both") and accum == 1:
+  config = _row_config(config_name, mode, dtype, devices)
+  if config is None:
     return None
-  config = bench.load_config(path)
-  bench.use_synthetic_data(config)
-  config.training.remat = mode in ("remat", "both")
-  config.model.dtype = dtype
+  path, batch, accum = CONFIGS[config_name][0], config.training.batch_size, config.training.grad_accum
+  config.training.grad_accum = 1  # the loss of one micro-batch, built as a plain step
   setup = experiment.build(config)
   params = jax.eval_shape(lambda key: experiment.init_params(setup, key), jax.random.key(0))
-  n = per_device // accum
+  n = batch // devices // accum
   x = jax.ShapeDtypeStruct((n,) + tuple(setup.data_shape), jnp.float32)
   labels = jnp.zeros((n,), jnp.int32) if setup.num_classes else None
 
@@ -138,18 +141,6 @@ def saved_for_backward(config_name: str, mode: str, dtype: str, devices: int) ->
           "param_bytes": nbytes(params)}
 
 
-def residual_table(rows: list[dict]) -> str:
-  gb = lambda b: f"{b / 1e9:.2f}"
-  lines = ["| config | batch | devices | setting | grad_accum | dtype | examples per pass | parameters GB | "
-           "saved for backward GB |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {os.path.basename(r['config'])} | {r['batch']} | {r['devices']} | {r['mode']} | "
-                 f"{r['grad_accum']} | {r['dtype']} | {r['examples_per_pass']} | {gb(r['param_bytes'])} | "
-                 f"{gb(r['residual_bytes'])} |")
-  return "\n".join(lines)
-
-
 def _worker(args: argparse.Namespace) -> None:
   for config_name in args.configs.split(","):
     for mode in args.modes.split(","):
@@ -159,17 +150,33 @@ def _worker(args: argparse.Namespace) -> None:
           print("ROW " + json.dumps(row), flush=True)
 
 
-def table(rows: list[dict]) -> str:
-  gb = lambda b: f"{b / 1e9:.2f}"
-  lines = ["| config | batch | devices | setting | grad_accum | dtype | state + batch GB | temporaries GB | "
-           "per-device total GB | fits 80 GB GPU | fits 16 GB TPU core | build + compile s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {os.path.basename(r['config'])} | {r['batch']} | {r['devices']} | {r['mode']} | {r['grad_accum']} | "
-                 f"{r['dtype']} | {gb(r['argument_bytes'])} | {gb(r['temp_bytes'])} | {gb(r['total_bytes'])} | "
-                 f"{'yes' if r['total_bytes'] <= GPU_BYTES else 'no'} | "
-                 f"{'yes' if r['total_bytes'] <= TPU_CORE_BYTES else 'no'} | {r['compile_s']:.0f} |")
+_gb = lambda b: f"{b / 1e9:.2f}"  # noqa: E731
+_ROW_KEYS = [("config", lambda r: os.path.basename(r["config"])), ("batch", lambda r: r["batch"]),
+             ("devices", lambda r: r["devices"]), ("setting", lambda r: r["mode"]),
+             ("grad_accum", lambda r: r["grad_accum"]), ("dtype", lambda r: r["dtype"])]
+
+
+def _markdown(rows: list[dict], columns: list) -> str:
+  """A markdown table: the row keys, then ``columns`` as (header, row -> cell)."""
+  columns = _ROW_KEYS + columns
+  lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(str(cell(r)) for _, cell in columns) + " |" for r in rows]
   return "\n".join(lines)
+
+
+def table(rows: list[dict]) -> str:
+  fits = lambda limit: lambda r: "yes" if r["total_bytes"] <= limit else "no"
+  return _markdown(rows, [("state + batch GB", lambda r: _gb(r["argument_bytes"])),
+                          ("temporaries GB", lambda r: _gb(r["temp_bytes"])),
+                          ("per-device total GB", lambda r: _gb(r["total_bytes"])),
+                          ("fits 80 GB GPU", fits(GPU_BYTES)), ("fits 16 GB TPU core", fits(TPU_CORE_BYTES)),
+                          ("build + compile s", lambda r: f"{r['compile_s']:.0f}")])
+
+
+def residual_table(rows: list[dict]) -> str:
+  return _markdown(rows, [("examples per pass", lambda r: r["examples_per_pass"]),
+                          ("parameters GB", lambda r: _gb(r["param_bytes"])),
+                          ("saved for backward GB", lambda r: _gb(r["residual_bytes"]))])
 
 
 def main() -> None:
