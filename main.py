@@ -25,23 +25,18 @@ from ml_collections import config_flags
 from score_jax import config_files  # light: the library (JAX) loads only once a mode runs
 
 # mode -> ("module:function" of (config, workdir), one-line description for --help)
+# mode -> one-line description for --help; --mode=NAME runs score_jax.modes.NAME.run(config, workdir).
+# A new mode is one file in score_jax/modes/ and one row here.
 MODES = {
-    "train": ("score_jax.train:train_and_evaluate",
-              "train (resuming from the latest checkpoint), then sample the EMA model"),
-    "sample": ("score_jax.sample:sample",
-               "draw config.sampling.num_samples from the latest (or a chosen) checkpoint into <workdir>/samples/<k>"),
-    "eval": ("score_jax.evaluate:evaluate",
-             "held-out loss, bits/dim, FID / KID / IS / precision-recall of checkpoints (config.eval)"),
-    "fid_stats": ("score_jax.evaluate:fid_stats", "cache the real data's feature statistics for FID"),
-    "train_classifier": ("score_jax.classifiers:train_classifier",
-                         "train the in-domain feature classifier of an embedded dataset (offline FID features)"),
-    "train_noisy_classifier": ("score_jax.classifiers:train_noisy_classifier",
-                               "train the noise-conditional classifier p_t(y | x(t)) of classifier guidance "
-                               "(config.noisy_classifier)"),
-    "inpaint": ("score_jax.controllable:inpaint",
-                "fill masked regions of input images with the EMA model (config.controllable) into <workdir>/inpaint/<k>"),
-    "colorize": ("score_jax.controllable:colorize",
-                 "colour gray versions of RGB input images with the EMA model into <workdir>/colorize/<k>"),
+    "train": "train (resuming from the latest checkpoint), then sample the EMA model",
+    "sample": "draw config.sampling.num_samples from the latest (or a chosen) checkpoint into <workdir>/samples/<k>",
+    "eval": "held-out loss, bits/dim, FID / KID / IS / precision-recall of checkpoints (config.eval)",
+    "fid_stats": "cache the real data's feature statistics for FID",
+    "train_classifier": "train the in-domain feature classifier of an embedded dataset (offline FID features)",
+    "train_noisy_classifier": "train the noise-conditional classifier p_t(y | x(t)) of classifier guidance "
+                              "(config.noisy_classifier)",
+    "inpaint": "fill masked regions of input images with the EMA model (config.controllable) into <workdir>/inpaint/<k>",
+    "colorize": "colour gray versions of RGB input images with the EMA model into <workdir>/colorize/<k>",
 }
 
 FLAGS = flags.FLAGS
@@ -72,7 +67,7 @@ def usage() -> str:
     lines.append(f"  --{name:<22}{FLAGS[name].help}")
   lines += ["", "Modes (--mode=):"]
   width = max(map(len, MODES)) + 2
-  lines += [f"  {name:<{width}}{description}" for name, (_, description) in MODES.items()]
+  lines += [f"  {name:<{width}}{description}" for name, description in MODES.items()]
   lines += ["", "Config files (--config=; each takes :smoke):"]
   lines += [f"  {path:<45}{summary}" for path, summary in config_files.catalog()]
   return "\n".join(line if len(line) <= 160 or not line.startswith("  ") else line[:159] + "…" for line in lines)
@@ -143,17 +138,17 @@ def main(argv):
   from score_jax import compilation  # pylint: disable=g-import-not-at-top
   cache = compilation.enable_persistent_cache(FLAGS.compilation_cache)
   logging.info("Persistent compilation cache: %s.", cache or "off (--compilation_cache=off)")
-  module, _, function = MODES[FLAGS.mode][0].partition(":")
-  run_mode = getattr(importlib.import_module(module), function)
+  mode = importlib.import_module(f"score_jax.modes.{FLAGS.mode}")
   try:
-    run_mode(FLAGS.config, FLAGS.workdir)
+    mode.run(FLAGS.config, FLAGS.workdir)
   except user_errors() as e:
     sys.exit(f"error: {e}")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-  from score_jax import checkpointing, experiment, train  # pylint: disable=import-outside-toplevel
-  return USER_ERRORS + (experiment.ConfigError, train.NonFiniteLossError, checkpointing.CheckpointError)
+  from score_jax import checkpointing, experiment  # pylint: disable=import-outside-toplevel
+  from score_jax.jobs import train_loop  # pylint: disable=import-outside-toplevel
+  return USER_ERRORS + (experiment.ConfigError, train_loop.NonFiniteLossError, checkpointing.CheckpointError)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ CIFAR-10 NCSN++ (32 px) and AFHQ NCSN++ (512 px) on synthetic data, in float32 a
     python benchmarks/gpu.py --out=runs/gpu_afhq.json --configs=afhq_512 --memory_modes=   # a shorter session
     python benchmarks/gpu.py --out=/tmp/gpu_dry.json --dry_run    # tiny shapes on the CPU: proves the script
 
-Per (config, dtype): the real train step (``train.make_train_step``, state donated) on one
+Per (config, dtype): the real train step (``jobs.train_step.make_train_step``, state donated) on one
 fixed synthetic batch of the config's shape and batch size (``--batch_*`` to change),
 compile time, the median of ``--steps`` timed steps after two warm-up steps; FLOPs per step
 from XLA's cost analysis of the compiled step; MFU = FLOPs / step time / peak.  Then the

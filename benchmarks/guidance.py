@@ -31,13 +31,15 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from score_jax import checkpointing  # pylint: disable=g-import-not-at-top
-from score_jax import class_guidance  # pylint: disable=g-import-not-at-top
-from score_jax import evaluate  # pylint: disable=g-import-not-at-top
 from score_jax import experiment  # pylint: disable=g-import-not-at-top
 from score_jax import outputs  # pylint: disable=g-import-not-at-top
-from score_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
 from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
 from score_jax.data import embedded  # pylint: disable=g-import-not-at-top
+from score_jax.jobs import control as control_lib  # pylint: disable=g-import-not-at-top
+from score_jax.jobs import features  # pylint: disable=g-import-not-at-top
+from score_jax.jobs import params as params_lib  # pylint: disable=g-import-not-at-top
+from score_jax.jobs import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
+from configs import common  # pylint: disable=g-import-not-at-top
 
 # (row name, config.guidance fields) of the classifier-guidance table on the unconditional model.
 CLASSIFIER_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -92,19 +94,19 @@ class Scorer:
 
   def __init__(self, config, workdir: str, cache: str):
     data = experiment.build_image_data(config, "benchmarks/guidance.py")
-    self.data, self.opts = data, evaluate.eval_options(config)
-    self.extractor = evaluate.get_extractor(config, workdir, data, self.opts)
-    self.real = evaluate.real_features(cache, data, data.train.info.split, self.extractor, self.opts)
+    self.data, self.opts = data, experiment.eval_options(config)
+    self.extractor = features.get_extractor(self.opts, workdir, data)
+    self.real = features.real_features(cache, data, data.train.info.split, self.extractor, self.opts)
     self.dequantized = bool(config.data.uniform_dequantization)
 
   def __call__(self, levels: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     out = self.extractor(levels)
     accuracy = float(np.mean(np.argmax(out["logits"], axis=1) == labels))
-    fid = evaluate.quality_metrics(out["features"], out["logits"], self.real, self.opts)["fid"]
+    fid = features.quality_metrics(out["features"], out["logits"], self.real, self.opts)["fid"]
     return {"accuracy": accuracy, "fid": fid, "num_images": int(levels.shape[0])}
 
   def samples(self, x: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    levels = evaluate.to_levels(x, levels=int(self.data.info.levels), data_range=self.data.data_range,
+    levels = features.to_levels(x, levels=int(self.data.info.levels), data_range=self.data.data_range,
                                 dequantized=self.dequantized)
     return self(levels, labels)
 
@@ -119,7 +121,7 @@ def run_rows(config, workdir: str, step: Optional[int], rows, scorer: Scorer, ou
   """Samples and scores every (name, guidance fields) row with the same keys."""
   results = []
   base = experiment.build(config)
-  found = sample_lib.latest_ema_params(base, workdir, step=step)
+  found = params_lib.latest_ema_params(base, workdir, step=step)
   if found is None:
     raise FileNotFoundError(f"no checkpoint{'' if step is None else f' of step {step}'} in {workdir}")
   step, params = found
@@ -130,12 +132,12 @@ def run_rows(config, workdir: str, step: Optional[int], rows, scorer: Scorer, ou
   for i, (name, fields) in enumerate(rows):
     config.guidance.update(fields)
     setup = experiment.build(config)
-    guide = class_guidance.build_guide(config, setup, workdir)
+    control = control_lib.from_guidance(experiment.guidance_options(config, setup), setup, workdir,
+                                        default=control_lib.network(setup))
     n = config.sampling.num_samples
     labels = np.arange(n, dtype=np.int32) % scorer.data.num_classes
     t0 = time.perf_counter()
-    draw = sample_lib.make_sampler(setup, n, guide=guide)
-    x, nfe = draw(params if guide is None else guide.sampler_params(params), key)
+    x, nfe = sampler_lib.make_sampler(setup, n, control)(params, key)
     seconds = time.perf_counter() - t0
     record = {"row": name, "guidance": fields, "step": step, "params": which, "nfe": nfe, "sample_time_s": seconds,
               **scorer.samples(x, labels)}
@@ -143,7 +145,7 @@ def run_rows(config, workdir: str, step: Optional[int], rows, scorer: Scorer, ou
                             ncol=scorer.data.num_classes, scale=8)
     print(f"{name}: accuracy {100 * record['accuracy']:.1f} %, FID {record['fid']:.2f}, {seconds:.0f} s", flush=True)
     results.append(record)
-    config.guidance.update(class_guidance.DEFAULTS)  # back to no guidance for the next row
+    config.guidance.update(common.guidance_section().to_dict())  # back to no guidance for the next row
   return results
 
 

@@ -5,7 +5,7 @@
     python benchmarks/memory.py --json=runs/memory.json
 
 Nothing is allocated: the TrainState and the batch are ``jax.ShapeDtypeStruct``s
-(``experiment.abstract_state``), the real step (``train.make_train_step``, state donated) is
+(``experiment.abstract_state``), the real step (``jobs.train_step.make_train_step``, state donated) is
 lowered and compiled, and XLA's buffer assignment reports its sizes
 (``compiled.memory_analysis()``).  The per-device total is arguments + outputs − aliased
 (donated) + temporaries.  Devices are simulated on the CPU
@@ -79,7 +79,7 @@ def measure(config_name: str, mode: str, dtype: str, *, smoke: bool = False) -> 
   import jax  # pylint: disable=g-import-not-at-top
   from score_jax import experiment  # pylint: disable=g-import-not-at-top
   from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from score_jax import train  # pylint: disable=g-import-not-at-top
+  from score_jax.jobs import train_step  # pylint: disable=g-import-not-at-top
 
   devices = jax.device_count()
   config = _row_config(config_name, mode, dtype, devices, smoke=smoke)
@@ -94,7 +94,7 @@ def measure(config_name: str, mode: str, dtype: str, *, smoke: bool = False) -> 
   data = sharding_lib.data_sharding(setup.mesh)
   shapes = {name: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=data)
             for name, s in experiment.abstract_batch(setup).items()}
-  step = jax.jit(train.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, jax.tree.map(lambda _: data, shapes)),
+  step = jax.jit(train_step.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, jax.tree.map(lambda _: data, shapes)),
                  out_shardings=(repl, repl), donate_argnums=0)
   compiled = step.lower(state, shapes).compile()
   stats = compiled.memory_analysis()

@@ -6,7 +6,7 @@
     python benchmarks/train_step.py --config=configs/ve/cifar10_ncsnpp_continuous.py --synthetic \
         --image_size=32 --channels=3 --peak_tflops=989
 
-The step is the real one (``train.make_train_step`` jitted over the mesh with the state
+The step is the real one (``jobs.train_step.make_train_step`` jitted over the mesh with the state
 donated); batches are the config's data (``--synthetic``: uniform noise of the same shape,
 placed on the devices once, so the figure is the device's alone).  Also timed: the host
 pipeline's ``batch_at`` (images/s one process can feed).  FLOPs per step come from XLA's
@@ -30,7 +30,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from score_jax import compilation  # pylint: disable=g-import-not-at-top
 from score_jax import experiment  # pylint: disable=g-import-not-at-top
 from score_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-from score_jax import train  # pylint: disable=g-import-not-at-top
+from score_jax.jobs import train_step as step_lib  # pylint: disable=g-import-not-at-top
+from score_jax.jobs import train_loop  # pylint: disable=g-import-not-at-top
 
 
 def load_config(spec: str):
@@ -72,7 +73,7 @@ def compiled_train_step(setup, keys):
   shapes = experiment.abstract_batch(setup)
   batch_sh = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), shapes)
   state = compilation.run_once(functools.partial(experiment.init_state, setup), keys["init"], out_shardings=repl)
-  step_fn = jax.jit(train.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_sh),
+  step_fn = jax.jit(step_lib.make_train_step(setup, train_key=keys["train"]), in_shardings=(repl, batch_sh),
                     out_shardings=(repl, repl), donate_argnums=0)
   compiled, compile_s, flops = compile_with_flops(step_fn, state, shapes)
   return state, compiled, compile_s, flops, shapes
@@ -96,7 +97,7 @@ def main() -> None:
     use_synthetic_data(config, args.image_size)
   setup = experiment.build(config)
   keys = experiment.keys(config.seed)
-  feeder = train.BatchFeeder(setup, keys["data"])
+  feeder = train_loop.BatchFeeder(setup, keys["data"])
   state, compiled, compile_s, flops, shapes = compiled_train_step(setup, keys)
 
   if args.synthetic:

@@ -103,9 +103,19 @@ def base_config() -> ml_collections.ConfigDict:
   sampling.adaptive = ml_collections.ConfigDict(dict(rel_tol=1e-2, abs_tol=None, data_range="[0,1]", denoise=True))
   sampling.ald = ml_collections.ConfigDict(dict(num_steps=232, n_steps_each=5, denoise=True))
 
+  config.controllable = controllable_section()
+  config.eval = eval_section()
+  config.noisy_classifier = noisy_classifier_section()
+  config.guidance = guidance_section()
+  return config
+
+
+def controllable_section() -> ml_collections.ConfigDict:
+  """``config.controllable``: inputs, masks and method of --mode=inpaint / colorize."""
   # Inpainting and colorization from a trained model (--mode=inpaint / --mode=colorize;
-  # score_jax/controllable.py documents each field).
-  config.controllable = ctl = ml_collections.ConfigDict()
+  # score_jax/experiment/control_options.py checks each field, score_jax/jobs/observations.py
+  # documents the methods).  config.guidance (class guidance) applies to these modes too.
+  ctl = ml_collections.ConfigDict()
   ctl.inputs = "test"  # "test": config.data.eval_split; "train": config.data.split; "folder": input_path
   ctl.input_path = ""  # a folder of images (centre-cropped and resized to config.data.image_size)
   ctl.first_input = 0  # index of the first input image (sorted file order for a folder)
@@ -118,12 +128,23 @@ def base_config() -> ml_collections.ConfigDict:
   ctl.patch_size = config_dict.placeholder(int)  # None: a quarter of the side
   ctl.mask_seed = 0
   ctl.mask_path = ""  # png: image-sized mask, white (>= 128) = fill, black = keep (diffusers' convention)
-  ctl.resample = 1  # RePaint repetitions of every sampler step (1: plain replacement)
+  # How the known pixels enter: "replacement" (re-imposed after every step), "repaint" (the same
+  # with every step repeated `resample` times) or "posterior" (posterior guidance of the score,
+  # known pixels also re-imposed, `resample` times).
+  ctl.method = "replacement"
+  ctl.resample = 1  # RePaint repetitions of every sampler step: 1 for replacement, >= 2 for repaint
+  ctl.covariance = "isotropic"  # posterior: "isotropic" (images) or "tweedie" (exact, small dimensions only)
+  ctl.guidance_scale = 1.0  # posterior: the weight of the guidance term (1: Bayes' rule)
+  ctl.data_variance = 1.0  # posterior, isotropic: the data variance v of ΠGDM's r² = vσ²/(v + σ²)
+  return ctl
 
-  # Evaluation from checkpoints (--mode=eval / fid_stats / train_classifier; score_jax/evaluate.py
+
+def eval_section() -> ml_collections.ConfigDict:
+  """``config.eval``: what --mode=eval / fid_stats / train_classifier do (toy configs use it too)."""
+  # Evaluation from checkpoints (--mode=eval / fid_stats / train_classifier; score_jax/modes/eval.py
   # documents each field).  Steps: 0 means the first / the latest checkpoint.  Fields that may
   # be None are typed placeholders, so --config.eval.<field>=<value> can still set them.
-  config.eval = ev = ml_collections.ConfigDict()
+  ev = ml_collections.ConfigDict()
   ev.begin_step = 0
   ev.end_step = 0
   ev.wait = False  # poll for checkpoints not written yet (up to end_step, else training.num_steps)
@@ -149,10 +170,14 @@ def base_config() -> ml_collections.ConfigDict:
   ev.pr_k = 3
   ev.real_features_max = 10_000  # real rows kept for KID / precision-recall
   ev.reference = True  # real held-out data and noise scored once into eval/reference.json
+  return ev
 
+
+def noisy_classifier_section() -> ml_collections.ConfigDict:
+  """``config.noisy_classifier``: the classifier of classifier guidance."""
   # The noise-conditional classifier p_t(y | x(t)) of classifier guidance
-  # (--mode=train_noisy_classifier; score_jax/classifiers.py documents each field).
-  config.noisy_classifier = nc = ml_collections.ConfigDict()
+  # (--mode=train_noisy_classifier; score_jax/modes/train_noisy_classifier.py documents each field).
+  nc = ml_collections.ConfigDict()
   nc.model = "wideresnet"  # score_sde's CIFAR-10 classifier, WRN-28-10; "cnn" for the embedded data
   nc.network = ml_collections.ConfigDict(dict(depth=28, width=10))
   nc.num_steps = 100_000
@@ -162,10 +187,15 @@ def base_config() -> ml_collections.ConfigDict:
   nc.dir = ""  # default <workdir>/noisy_classifier
   nc.num_bands = 10
   nc.band_repeats = 1
+  return nc
 
-  # Class-guided --mode=sample (score_jax/class_guidance.py documents each field): kind "none",
-  # "classifier" (the noise-conditional classifier above) or "cfg" (classifier-free guidance).
-  config.guidance = g = ml_collections.ConfigDict()
+
+def guidance_section() -> ml_collections.ConfigDict:
+  """``config.guidance``: class guidance of the sampling modes (none, classifier, cfg)."""
+  # Class guidance of --mode=sample, inpaint and colorize (score_jax/jobs/control.py documents
+  # each field): kind "none", "classifier" (the noise-conditional classifier above) or "cfg"
+  # (classifier-free guidance).
+  g = ml_collections.ConfigDict()
   g.kind = "none"
   g.labels = ()  # requested classes, cycled over the samples; empty: 0 … K−1
   g.strategy = "constant"  # constant | linear | truncated | norm_ratio (the report's §5.3, and ours)
@@ -177,7 +207,7 @@ def base_config() -> ml_collections.ConfigDict:
   g.ratio = 1.0
   g.sigma_classifier_max = config_dict.placeholder(float)
   g.w = 1.0
-  return config
+  return g
 
 
 def _smoke(config: ml_collections.ConfigDict) -> None:

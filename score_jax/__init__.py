@@ -1,11 +1,14 @@
 """score_jax: score-based generative modeling through SDEs in JAX/Flax.
 
-Modules (imports point one way: math <- models <- train/eval <- main):
-  sde, schedules, losses, sampling, data.toy, metrics, analysis   -- pure math, no networks
-  models, score_fn                                                  -- networks and their parametrization
-  train, train_state, checkpointing                                 -- the training system
-  sample, evaluate, runs (load_run)                                 -- using trained runs
-  config_files                                                      -- config files by path
+Modules (imports point one way: math <- models <- jobs <- modes <- main):
+  sde, schedules, losses, sampling, guidance, likelihood, data.toy, metrics, analysis  -- pure math
+  models, score_fn                                    -- networks and their parametrization
+  experiment                                          -- the only config reader: build(config) -> Setup, options
+  train_state, checkpointing, outputs, sharding       -- state, files, devices
+  jobs                                                -- the shared job library (Control, sampler, writers, ...)
+  modes                                               -- one file per --mode, run(config, workdir)
+  runs (load_run), config_files                       -- trained runs and config files as library objects
+See docs/ARCHITECTURE.md.
 """
 
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ exist, the variants for an unknown variant, the closest field for a misspelt one
 from __future__ import annotations
 
 import ast
+import json
 import difflib
 import importlib.util
 import os
@@ -145,3 +146,23 @@ def check_fields(config: ConfigDict, names: Iterable[str], prefix: str = "config
         hint = f"did you mean {close[0]}?" if close else f"the fields of {walked} are: {', '.join(sorted(fields))}."
         raise ConfigFileError(f"no field {prefix}.{name}; {hint}")
       node, walked = node[part], f"{walked}.{part}"
+
+
+def to_json(config: ConfigDict) -> str:
+  """The resolved config as the JSON text a training run saves (``config.json``)."""
+  return config.to_json(indent=2, sort_keys=True) + "\n"
+
+
+def _tuples(value):
+  """JSON has no tuples: config sequences (ch_mult, attn_resolutions, ...) come back as tuples."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def from_json(path: str) -> ConfigDict:
+  """A config a training run saved with ``to_json``, read back as a ConfigDict."""
+  with open(path) as f:
+    return ConfigDict(_tuples(json.load(f)))

@@ -54,7 +54,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_jax import checkpointing
-from score_jax import models
 from score_jax.models import layers
 
 Array = Any
@@ -579,30 +578,16 @@ def load_export(path: str, target: Any) -> Any:
 # ---- command line -----------------------------------------------------------------------------
 
 
-def network_of(config: Any) -> nn.Module:
-  """The NCSNpp a config describes, without touching its data (published models are RGB).
-
-  Raises:
-    ValueError: the config's model is not "ncsnpp", or a bad network field.
-  """
-  if config.model.name != "ncsnpp":
-    raise ValueError(f"config.model.name is {config.model.name!r}; published score_sde checkpoints are 'ncsnpp' "
-                     "(NCSN++ / DDPM++) networks.")
-  fields = config.model.network.to_dict()
-  fields.setdefault("image_size", config.data.image_size)
-  fields.setdefault("num_channels", config.data.get("options", {}).get("channels", 3))
-  return models.get_model("ncsnpp", **fields)
-
-
 def main(argv: Any) -> None:
   """CLI: --src (score_sde checkpoint file or diffusers folder) --config --out DIR [--params ema|raw]."""
   from absl import flags  # pylint: disable=import-outside-toplevel
 
+  from score_jax import experiment  # pylint: disable=import-outside-toplevel
+
   del argv
   fl = flags.FLAGS
-  model = network_of(fl.config)
-  path = export(fl.src, model, fl.out, params=fl.params, centered=bool(fl.config.data.centered),
-                config_path=fl["config"].config_filename)
+  model, centered = experiment.conversion_target(fl.config)
+  path = export(fl.src, model, fl.out, params=fl.params, centered=centered, config_path=fl["config"].config_filename)
   meta = read_meta(fl.out)
   print(f"Wrote {meta['num_params']:,} parameters ({meta['format']}, {meta['params']}, step {meta['step']}) "
         f"to {path}.\n"

@@ -18,18 +18,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
-import json
 import os
 import re
 from typing import Any, Callable, Optional
 
 import jax
-import ml_collections
 
 from score_jax import checkpointing
+from score_jax import config_files
 from score_jax import experiment
-from score_jax import sample as sample_lib
 from score_jax import sde as sde_lib
+from score_jax.jobs import keys as keys_lib
+from score_jax.jobs import params as params_lib
 
 Array = Any
 
@@ -48,7 +48,7 @@ class Run:
 
   workdir: str
   step: int
-  config: ml_collections.ConfigDict
+  config: experiment.ConfigDict
   setup: experiment.Setup
   params: Any
 
@@ -91,16 +91,7 @@ class Run:
   def draw_key(self, draw: int) -> jax.Array:
     """The key ``--mode=sample`` uses for its ``draw``-th folder ``samples/<draw>``; sample j of
     that draw uses ``fold_in(key, j)``."""
-    return sample_lib.draw_key(self.setup, self.step, draw)
-
-
-def _tuples(value: Any) -> Any:
-  """JSON has no tuples: config sequences (ch_mult, attn_resolutions, ...) come back as tuples."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
+    return keys_lib.draw_key(self.setup.seed, "sample", self.step, draw)
 
 
 def config_path(workdir: str, step: Optional[int] = None) -> str:
@@ -123,10 +114,9 @@ def config_path(workdir: str, step: Optional[int] = None) -> str:
   return resumed[max(eligible)] if eligible else base
 
 
-def load_config(workdir: str, step: Optional[int] = None) -> ml_collections.ConfigDict:
+def load_config(workdir: str, step: Optional[int] = None) -> experiment.ConfigDict:
   """The resolved config of a training run (see ``config_path``), as a ConfigDict."""
-  with open(config_path(workdir, step)) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+  return config_files.from_json(config_path(workdir, step))
 
 
 def load_run(workdir: str, step: Optional[int] = None, *,
@@ -147,16 +137,9 @@ def load_run(workdir: str, step: Optional[int] = None, *,
     ConfigError (a ValueError): an override is not valid.
   """
   config = load_config(workdir, step)
-  for name, value in (overrides or {}).items():
-    section, _, field = name.rpartition(".")
-    node = config
-    for part in filter(None, section.split(".")):
-      node = node[part]
-    if field not in node:
-      raise experiment.ConfigError(f"config.{name}: no such field in the run's config.")
-    node[field] = value
+  experiment.apply_overrides(config, overrides or {})
   setup = experiment.build(config)
-  found = sample_lib.latest_ema_params(setup, workdir, step=step)
+  found = params_lib.latest_ema_params(setup, workdir, step=step)
   if found is None:
     have = checkpointing.saved_steps(workdir)
     wanted = "" if step is None else f" of step {step}"

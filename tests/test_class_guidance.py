@@ -10,13 +10,29 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ml_collections
+
 from score_jax import checkpointing
-from score_jax import class_guidance
-from score_jax import classifiers
 from score_jax import compilation
 from score_jax import experiment
-from score_jax import sample as sample_lib
+from score_jax.jobs import classifiers
+from score_jax.jobs import control as control_lib
+from score_jax.modes import sample as sample_mode
+from score_jax.modes import train_noisy_classifier as train_noisy_classifier_mode
 from tests.test_configs import load
+
+
+def _guided(config, setup, workdir, params, index, t):
+  """The Control of ``config.guidance`` and its score at positions ``index``, as one jitted x -> score."""
+  control = control_lib.from_guidance(experiment.guidance_options(config, setup), setup, workdir,
+                                      default=control_lib.network(setup))
+  index = jnp.asarray(index)
+
+  def score(x):
+    chunk = control_lib.Chunk(params, control.aux, {}, index, control.labels_of(index))
+    return control.score_fn(setup, chunk)(x, t)
+
+  return control, jax.jit(score)
 
 
 def _config(path="configs/ve/digits.py", **guidance):
@@ -34,7 +50,7 @@ def run(tmp_path_factory):
   setup = experiment.build(config)
   params = compilation.run_once(functools.partial(experiment.init_params, setup), jax.random.key(3))
   checkpointing.export_params(workdir, 0, params)
-  classifiers.train_noisy_classifier(config, workdir)
+  train_noisy_classifier_mode.run(config, workdir)
   return workdir, setup, params
 
 
@@ -42,10 +58,10 @@ def test_guided_score_is_score_plus_lambda_times_classifier_gradient(run):
   """One evaluation pinned: s(x, t) + λ ∇_x log softmax(classifier(x, σ̃(t)))[y], y = index mod 10."""
   workdir, setup, params = run
   config = _config(kind="classifier", strategy="constant", scale=3.0)
-  guide = class_guidance.build_guide(config, setup, workdir)
-  classifier = classifiers.load_noisy_classifier(classifiers.noisy_classifier_dir(config, workdir))
+  classifier = classifiers.load_noisy_classifier(classifiers.resolve_dir(config.noisy_classifier.dir, workdir, "noisy_classifier"))
   x = jax.random.normal(jax.random.key(0), (4,) + setup.data_shape)  # [4, 8, 8, 1]
   t = jnp.full(4, 0.6)
+  _, guided = _guided(config, setup, workdir, params, [0, 1, 12, 3], t)
   labels = jnp.array([0, 1, 2, 3])
 
   def want(x):
@@ -53,8 +69,7 @@ def test_guided_score_is_score_plus_lambda_times_classifier_gradient(run):
         jax.nn.log_softmax(classifier.logits(x, t), axis=-1), labels[:, None], axis=1))
     return setup.score_fn(params)(x, t) + 3.0 * jax.grad(log_p)(x)
 
-  got = jax.jit(lambda x: guide(guide.sampler_params(params), jnp.array([0, 1, 12, 3]))(x, t))(x)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(jax.jit(want)(x)), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(guided(x)), np.asarray(jax.jit(want)(x)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("w", [0.0, 2.0])
@@ -62,30 +77,30 @@ def test_cfg_score_is_the_conditional_score_pushed_away_from_the_null_label(w):
   """(1 + w) s(x, t, y) − w s(x, t, ∅) with y = index mod 10; at w = 0 the conditional score itself."""
   config = _config("configs/ve/digits_cond.py", kind="cfg", w=w)
   setup = experiment.build(config)
-  guide = class_guidance.build_guide(config, setup, "unused")
   params = compilation.run_once(functools.partial(experiment.init_params, setup), jax.random.key(1))
   # One program: eager, each parameter shape compiled its own random kernel (20-30 s).
   params = jax.jit(lambda ps: jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(4), p.shape, p.dtype), ps))(params)
   x, t = jax.random.normal(jax.random.key(0), (3,) + setup.data_shape), jnp.full(3, 0.4)
-  got = jax.jit(lambda x: guide(guide.sampler_params(params), jnp.array([2, 11, 9]))(x, t))(x)
+  control, guided = _guided(config, setup, "unused", params, [2, 11, 9], t)
+  got = guided(x)
   score = jax.jit(lambda x, labels: setup.score_fn(params, labels)(x, t))
   cond, null = score(x, jnp.array([2, 1, 9])), score(x, jnp.full(3, 10))
   np.testing.assert_allclose(np.asarray(got), np.asarray((1 + w) * cond - w * null), rtol=1e-4, atol=1e-4)
   assert float(jnp.max(jnp.abs(cond - null))) > 1e-3  # the labels matter, so the check can fail
-  assert guide.sample_labels(12).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+  assert control.sample_labels(12).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
 
 
 def test_mode_sample_writes_guided_samples_with_their_labels(run):
   workdir, _, _ = run
   config = _config(kind="classifier", strategy="norm_ratio", ratio=0.5, labels=(3, 7))
-  out = sample_lib.sample(config, workdir)
+  out = sample_mode.run(config, workdir).folder
   with np.load(os.path.join(out, "samples.npz")) as f:
     assert f["labels"].tolist() == [3, 7] * 4 and f["samples"].shape == (8, 8, 8, 1)
     assert np.all(np.isfinite(f["samples"]))
   with open(os.path.join(out, "metrics.json")) as f:
     g = json.load(f)["guidance"]
   assert g == {"kind": "classifier", "strategy": "norm_ratio", "ratio": 0.5, "labels": [3, 7],
-               "classifier_dir": classifiers.noisy_classifier_dir(config, workdir)}
+               "classifier_dir": classifiers.resolve_dir(config.noisy_classifier.dir, workdir, "noisy_classifier")}
   assert os.path.isfile(os.path.join(out, "samples.png"))
 
 
@@ -106,7 +121,7 @@ def test_mode_sample_writes_guided_samples_with_their_labels(run):
 def test_bad_guidance_is_one_line_naming_the_field_before_compiling(tmp_path, path, guidance, error, message):
   config = _config(path, **guidance)
   with pytest.raises(error, match=message) as e:
-    sample_lib.sample(config, str(tmp_path))  # the empty workdir has no checkpoint: guidance is checked first
+    sample_mode.run(config, str(tmp_path))  # the empty workdir has no checkpoint: guidance is checked first
   assert "\n" not in str(e.value)
   assert not os.listdir(tmp_path)
 
@@ -115,16 +130,24 @@ def test_cfg_needs_a_trained_null_label_and_unknown_fields_are_named(tmp_path):
   config = _config("configs/ve/digits_cond.py", kind="cfg")
   config.training.label_dropout = 0.0
   with pytest.raises(experiment.ConfigError, match="^config.training.label_dropout: is 0, so the null label"):
-    sample_lib.sample(config, str(tmp_path))
+    sample_mode.run(config, str(tmp_path))
   config = _config()
   config.guidance.lamda = 3.0
   with pytest.raises(experiment.ConfigError, match=r"^config.guidance.lamda: unknown field"):
-    sample_lib.sample(config, str(tmp_path))
+    sample_mode.run(config, str(tmp_path))
 
 
-def test_every_image_config_holds_the_guidance_defaults():
+def test_configs_without_the_guidance_sections_get_those_of_common():
+  """configs/common.py is the one source of the defaults: a config without (fields of) the
+  guidance or noise-conditional classifier sections reads common's values."""
   from configs import common  # pylint: disable=g-import-not-at-top
-  assert common.base_config().guidance.to_dict() == class_guidance.DEFAULTS
-  assert common.base_config().noisy_classifier.to_dict() == dict(
-      classifiers.NOISY_DEFAULTS, model="wideresnet", network=dict(depth=28, width=10), num_steps=100_000, lr=2e-4,
-      max_shift=0, band_repeats=1)
+  config = _config()
+  config.guidance = ml_collections.ConfigDict(dict(kind="classifier"))
+  config.noisy_classifier = ml_collections.ConfigDict(dict(num_steps=7))
+  options = experiment.guidance_options(config, experiment.build(config))
+  want = common.guidance_section()
+  assert options.strategy.strategy == want.strategy and options.strategy.scale == want.scale
+  assert options.labels.tolist() == list(range(10)) and options.classifier_dir == common.noisy_classifier_section().dir
+  noisy = experiment.noisy_classifier_options(config)
+  assert noisy.fit.num_steps == 7 and noisy.model == common.noisy_classifier_section().model == "wideresnet"
+  assert noisy.network == common.noisy_classifier_section().network.to_dict()

@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_jax import classifiers
-from score_jax import evaluate
+from score_jax.jobs import classifiers
+from score_jax.jobs import features
 from score_jax import experiment
 from score_jax.data import embedded
 from score_jax import compilation
 from score_jax.models.classifier import Classifier
+from score_jax.modes import train_classifier as train_classifier_mode
 from tests.test_configs import load
 
 
@@ -43,10 +44,10 @@ def test_trains_on_digits_to_held_out_accuracy_and_is_never_overwritten(tmp_path
   _, config = load("configs/ve/digits.py")
   config.eval.classifier.num_steps = 400  # the config's 1000 steps reach ~95-96 %
   workdir = str(tmp_path / "run")
-  info = classifiers.train_classifier(config, workdir)
+  info = train_classifier_mode.run(config, workdir).metrics
   assert info["eval_accuracy"] >= 0.90, info
   assert info["eval_num_examples"] == embedded.DIGITS_NUM_TEST and info["dataset"] == "digits"
-  folder = classifiers.classifier_dir(config, workdir)
+  folder = classifiers.resolve_dir(config.eval.classifier_dir, workdir, "classifier")
   assert folder == os.path.join(os.path.abspath(workdir), "classifier")
   with open(os.path.join(folder, "info.json")) as f:
     assert json.load(f)["eval_accuracy"] == pytest.approx(info["eval_accuracy"])
@@ -63,7 +64,7 @@ def test_trains_on_digits_to_held_out_accuracy_and_is_never_overwritten(tmp_path
   # A second run refuses, before training, and leaves the files as they were.
   before = {name: (tmp_path / "run" / "classifier" / name).read_bytes() for name in ("params.npz", "info.json")}
   with pytest.raises(FileExistsError, match="already trained.*classifier_dir"):
-    classifiers.train_classifier(config, workdir)
+    train_classifier_mode.run(config, workdir)
   assert before == {name: (tmp_path / "run" / "classifier" / name).read_bytes() for name in before}
 
   # A classifier of other data is refused by name.
@@ -75,10 +76,10 @@ def test_trains_on_digits_to_held_out_accuracy_and_is_never_overwritten(tmp_path
 def test_missing_classifier_says_how_to_train_one(tmp_path):
   _, config = load("configs/ve/digits.py", "smoke")
   with pytest.raises(FileNotFoundError, match="No trained classifier.*--mode=train_classifier"):
-    evaluate.get_extractor(config, str(tmp_path), experiment.build_data(config))
+    features.get_extractor(experiment.eval_options(config), str(tmp_path), experiment.build_data(config))
 
 
 def test_toy_data_have_no_classifier(tmp_path):
   _, config = load("configs/toy/gmm2d.py", "smoke")
   with pytest.raises(experiment.ConfigError, match="config.data.kind.*toy"):
-    classifiers.train_classifier(config, str(tmp_path))
+    train_classifier_mode.run(config, str(tmp_path))

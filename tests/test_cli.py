@@ -14,7 +14,7 @@ import pytest
 import score_jax
 from score_jax import config_files
 from score_jax import sampling
-from score_jax import train
+from score_jax.modes import train
 
 import run_main
 
@@ -101,7 +101,7 @@ def test_load_run_from_another_directory_matches_sample_mode(tmp_path, monkeypat
   config = config_files.load(SMOKE)
   config.sampling.pc.corrector = "none"  # the langevin corrector's step uses batch-mean norms
   config.sampling.num_samples = 16
-  train.train_and_evaluate(config, str(workdir))
+  train.run(config, str(workdir))
   overrides = ["--config.sampling.pc.corrector=none", "--config.sampling.num_samples=16"]
   result = run_main.run(run_main.main_command(str(workdir), SMOKE, overrides, mode="sample"))
   assert result.returncode == 0, result.stderr[-2000:]

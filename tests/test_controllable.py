@@ -1,4 +1,4 @@
-"""--mode=inpaint / --mode=colorize (score_jax/controllable.py): masks, inputs, one-line errors
+"""--mode=inpaint / --mode=colorize (score_jax/modes/, jobs/observations.py, jobs/masks.py): masks, inputs, one-line errors
 before compiling, and end-to-end runs at smoke size that keep known pixels / the luminance."""
 
 import functools
@@ -13,10 +13,15 @@ import pytest
 from configs.ve import digits as digits_config
 from configs.ve import shapes_16 as shapes_config
 from score_jax import checkpointing
-from score_jax import controllable
 from score_jax import experiment
-from score_jax import sample as sample_lib
 from score_jax import sampling
+from score_jax.jobs import control as control_lib
+from score_jax.jobs import masks
+from score_jax.jobs import observation_metrics
+from score_jax.jobs import observations
+from score_jax.jobs import sampler as sampler_lib
+from score_jax.modes import inpaint as inpaint_mode
+from score_jax.modes import colorize as colorize_mode
 from tests import run_main
 
 
@@ -24,6 +29,13 @@ def _digits(**fields):
   config = digits_config.get_config("smoke")
   config.controllable.update(fields)
   return config
+
+
+def _prepare(config, mode):
+  """What a mode builds before it loads parameters: the components, the problem and its control."""
+  setup, opts = experiment.build(config), experiment.controllable_options(config, mode)
+  problem = observations.prepare(setup, opts, mode)
+  return setup, opts, problem, observations.control_for(problem, opts, setup, control_lib.unconditional(setup))
 
 
 def _fast(config):
@@ -35,36 +47,36 @@ def _fast(config):
 
 
 def _opts(**fields):
-  return controllable.read_options(_digits(**fields), "inpaint")
+  return experiment.controllable_options(_digits(**fields), "inpaint")
 
 
 # --- masks ------------------------------------------------------------------------------------
 def test_box_mask_default_is_the_centred_half_and_explicit_boxes_are_pixels():
-  fill = controllable.box_mask(8)
+  fill = masks.box_mask(8)
   assert fill.sum() == 16 and fill[2:6, 2:6].all()
-  fill = controllable.box_mask(8, (1, 0, 2, 5))
+  fill = masks.box_mask(8, (1, 0, 2, 5))
   assert fill.sum() == 10 and fill[1:3, 0:5].all()
   with pytest.raises(experiment.ConfigError, match=r"^config\.controllable\.box: \(5, 0, 4, 4\)"):
-    controllable.box_mask(8, (5, 0, 4, 4))
+    masks.box_mask(8, (5, 0, 4, 4))
 
 
 @pytest.mark.parametrize("half,rows,cols", [("left", slice(None), slice(0, 3)), ("right", slice(None), slice(4, 7)),
                                             ("top", slice(0, 3), slice(None)), ("bottom", slice(4, 7), slice(None))])
 def test_half_mask_fills_that_half_and_keeps_the_middle_line(half, rows, cols):
-  fill = controllable.half_mask(7, half)
+  fill = masks.half_mask(7, half)
   assert fill[rows, cols].all() and fill.sum() == 21  # 3 of 7 lines; the middle line is kept
 
 
 def test_random_patches_follow_seed_and_input_index():
-  a = controllable.random_patches_mask(16, 3, num_patches=3, patch_size=4, seed=0)
-  assert np.array_equal(a, controllable.random_patches_mask(16, 3, num_patches=3, patch_size=4, seed=0))
-  assert not np.array_equal(a, controllable.random_patches_mask(16, 4, num_patches=3, patch_size=4, seed=0))
+  a = masks.random_patches_mask(16, 3, num_patches=3, patch_size=4, seed=0)
+  assert np.array_equal(a, masks.random_patches_mask(16, 3, num_patches=3, patch_size=4, seed=0))
+  assert not np.array_equal(a, masks.random_patches_mask(16, 4, num_patches=3, patch_size=4, seed=0))
   assert 16 <= a.sum() <= 48  # three 4×4 squares, possibly overlapping
-  one = controllable.random_patches_mask(16, 0, num_patches=1, patch_size=5, seed=1)
+  one = masks.random_patches_mask(16, 0, num_patches=1, patch_size=5, seed=1)
   rows, cols = np.nonzero(one)
   assert one.sum() == 25 and rows.max() - rows.min() == 4 and cols.max() - cols.min() == 4
   with pytest.raises(experiment.ConfigError, match=r"^config\.controllable\.patch_size: 9 exceeds"):
-    controllable.random_patches_mask(8, 0, num_patches=1, patch_size=9, seed=0)
+    masks.random_patches_mask(8, 0, num_patches=1, patch_size=9, seed=0)
 
 
 def test_png_mask_white_fills_and_its_size_must_match(tmp_path):
@@ -72,23 +84,23 @@ def test_png_mask_white_fills_and_its_size_must_match(tmp_path):
   pixels[:, 5:] = 255
   path = str(tmp_path / "mask.png")
   Image.fromarray(pixels).save(path)
-  fill = controllable.png_mask(path, 8)
+  fill = masks.png_mask(path, 8)
   assert fill[:, 5:].all() and fill.sum() == 24
   with pytest.raises(experiment.ConfigError, match=r"^config\.controllable\.mask_path: the mask is 8×8 pixels "
                                                    r"but the images are 16×16"):
-    controllable.png_mask(path, 16)
+    masks.png_mask(path, 16)
   with pytest.raises(experiment.ConfigError, match=r"^config\.controllable\.mask_path: no file"):
-    controllable.png_mask(str(tmp_path / "absent.png"), 8)
+    masks.png_mask(str(tmp_path / "absent.png"), 8)
   black = str(tmp_path / "black.png")
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(black)
   with pytest.raises(experiment.ConfigError, match=r"^config\.controllable\.mask: mask 'png' fills no pixel"):
-    controllable.make_fill_masks(_opts(mask="png", mask_path=black), 8, np.arange(2))
+    masks.make_fill_masks(_opts(mask="png", mask_path=black), 8, np.arange(2))
 
 
 def test_fill_masks_are_per_input_for_random_patches_and_shared_otherwise():
-  fill = controllable.make_fill_masks(_opts(mask="random_patches", num_patches=2, patch_size=2), 8, np.arange(3))
+  fill = masks.make_fill_masks(_opts(mask="random_patches", num_patches=2, patch_size=2), 8, np.arange(3))
   assert fill.shape == (3, 8, 8) and not np.array_equal(fill[0], fill[1])
-  fill = controllable.make_fill_masks(_opts(mask="half", half="top"), 8, np.arange(2))
+  fill = masks.make_fill_masks(_opts(mask="half", half="top"), 8, np.arange(2))
   assert fill.shape == (2, 8, 8) and fill[:, :4].all() and not fill[:, 4:].any()
 
 
@@ -105,7 +117,7 @@ def test_bad_fields_are_one_line_naming_the_field(field, value, message):
   if field == "half":
     fields["mask"] = "half"
   with pytest.raises(experiment.ConfigError, match=message):
-    controllable.read_options(_digits(**fields), "inpaint")
+    experiment.controllable_options(_digits(**fields), "inpaint")
 
 
 def test_folder_and_png_masks_need_their_paths():
@@ -117,15 +129,15 @@ def test_folder_and_png_masks_need_their_paths():
 
 def test_per_sample_arrays_are_cut_into_full_chunks_like_the_samples():
   a = np.arange(10).reshape(5, 2)
-  np.testing.assert_array_equal(sample_lib._rows(a, 0, 3), a[:3])  # pylint: disable=protected-access
-  np.testing.assert_array_equal(sample_lib._rows(a, 3, 3), a[[3, 4, 4]])  # the last chunk repeats its last row
+  np.testing.assert_array_equal(sampler_lib._rows(a, 0, 3), a[:3])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(sampler_lib._rows(a, 3, 3), a[[3, 4, 4]])  # the last chunk repeats its last row
 
 
 # --- grids and metrics on hand-made samples ------------------------------------------------------
 def _job(mode, originals, fill=None, k=2):
   shown = originals if fill is None else np.where(fill[..., None], 0.5, originals)
-  return controllable.Job(mode=mode, originals=originals, labels=None, indices=np.arange(len(originals)), source="t",
-                          shown=shown, values=originals, known=np.ones_like(originals), fill=fill, basis=None,
+  return observations.Problem(mode=mode, originals=originals, labels=None, indices=np.arange(len(originals)),
+                              source="t", shown=shown, values=originals, known=np.ones_like(originals), fill=fill, basis=None,
                           samples_per_input=k)
 
 
@@ -133,7 +145,7 @@ def test_grid_rows_put_original_input_then_samples_in_each_row():
   originals = np.arange(2, dtype=np.float32)[:, None, None, None] * np.ones((2, 4, 4, 1), np.float32)
   job = _job("inpaint", originals, fill=np.zeros((2, 4, 4), bool))
   samples = 10.0 + np.arange(6, dtype=np.float32).reshape(2, 3, 1, 1, 1) * np.ones((2, 3, 4, 4, 1), np.float32)
-  rows = controllable.grid_rows(job, samples)
+  rows = observations.grid_rows(job, samples)
   assert rows.shape == (10, 4, 4, 1)
   np.testing.assert_array_equal(rows[:, 0, 0, 0], [0, 0, 10, 11, 12, 1, 1, 13, 14, 15])
 
@@ -146,23 +158,23 @@ def test_inpaint_metrics_measure_known_pixels_and_the_filled_region():
   samples = np.repeat(originals[:, None], 2, axis=1).copy()  # [2, 2, 4, 4, 1]
   samples[:, 0][fill] += 0.25
   samples[:, 1][fill] -= 0.25
-  m = controllable.constraint_metrics(_job("inpaint", originals, fill), samples, (0.0, 1.0))
+  m = observation_metrics.constraint_metrics(_job("inpaint", originals, fill), samples, (0.0, 1.0))
   assert m["known_max_abs_error"] == 0.0 and m["filled_fraction"] == 0.5
   assert m["sampled_mae_to_original"] == pytest.approx(0.25) and m["sample_spread"] == pytest.approx(0.25)
   samples[1, 1, 3, 3, 0] += 0.125  # a known pixel moved
-  m = controllable.constraint_metrics(_job("inpaint", originals, fill), samples, (0.0, 1.0))
+  m = observation_metrics.constraint_metrics(_job("inpaint", originals, fill), samples, (0.0, 1.0))
   assert m["known_max_abs_error"] == pytest.approx(0.125)
 
 
 def test_colorize_metrics_and_gray_keep_the_luminance():
   rng = np.random.default_rng(1)
   originals = rng.uniform(size=(2, 4, 4, 3)).astype(np.float32)
-  g = controllable.gray(originals)
+  g = observations.gray(originals)
   np.testing.assert_allclose(g.mean(-1), originals.mean(-1), atol=1e-7)
   m = sampling.constraints.color_matrix()
   np.testing.assert_allclose(g @ m[:, 0], originals @ m[:, 0], atol=1e-6)  # the decoupled luminance channel
   samples = np.stack([g, originals], axis=1)  # [2, 2, 4, 4, 3]
-  out = controllable.constraint_metrics(_job("colorize", originals), samples, (0.0, 1.0))
+  out = observation_metrics.constraint_metrics(_job("colorize", originals), samples, (0.0, 1.0))
   assert out["luminance_max_abs_error"] < 1e-6 and out["out_of_range_fraction"] == 0.0
   assert out["sampled_mae_to_original"] == pytest.approx(0.5 * np.abs(g - originals).mean(), rel=1e-6)
 
@@ -171,22 +183,22 @@ def test_colorize_metrics_and_gray_keep_the_luminance():
 def test_colorization_of_a_one_channel_dataset_is_one_line():
   with pytest.raises(experiment.ConfigError, match=r"^config\.data\.name: --mode=colorize needs RGB images "
                                                    r"\(3 channels\) but dataset 'digits' has 1"):
-    controllable.prepare(_digits(), "colorize")
+    _prepare(_digits(), "colorize")
 
 
 def test_inputs_beyond_the_split_and_a_missing_folder_are_one_line(tmp_path):
   with pytest.raises(experiment.ConfigError, match=r"^config\.controllable\.num_inputs: first_input 290 \+ "
                                                    r"num_inputs 8 exceeds the 297 images"):
-    controllable.prepare(_digits(first_input=290, num_inputs=8), "inpaint")
+    _prepare(_digits(first_input=290, num_inputs=8), "inpaint")
   with pytest.raises(experiment.ConfigError, match=r"^config\.controllable\.input_path: no image folder"):
-    controllable.prepare(_digits(inputs="folder", input_path=str(tmp_path / "none")), "inpaint")
+    _prepare(_digits(inputs="folder", input_path=str(tmp_path / "none")), "inpaint")
 
 
 def test_a_sampler_that_cannot_impose_known_pixels_is_rejected_before_compiling():
   config = _digits()
   config.sampling.method = "ode"  # tsit5: an adaptive solver, no step to replace after
   with pytest.raises(experiment.ConfigError, match=r"^config\.sampling\.method: "):
-    controllable.prepare(config, "inpaint")
+    _prepare(config, "inpaint")
 
 
 def test_folder_inputs_are_resized_and_masked(tmp_path):
@@ -195,7 +207,7 @@ def test_folder_inputs_are_resized_and_masked(tmp_path):
   for i, value in enumerate((40, 200)):
     Image.fromarray(np.full((20, 24), value, np.uint8)).save(folder / f"{i}.png")
   config = _digits(inputs="folder", input_path=str(folder), num_inputs=2, mask="half", half="left")
-  _, _, job = controllable.prepare(config, "inpaint")
+  _, _, job, _ = _prepare(config, "inpaint")
   assert job.originals.shape == (2, 8, 8, 1) and job.labels is None
   np.testing.assert_allclose(job.originals[:, 0, 0, 0], [40 / 255, 200 / 255], atol=1e-6)
   np.testing.assert_allclose(job.shown[:, 0, :4, 0], [[0.3, 0.7, 0.3, 0.7]] * 2, atol=1e-6)  # the hole's checkerboard
@@ -233,7 +245,7 @@ def _known_pixels_kept(out):
 
 def test_inpaint_keeps_known_pixels_exactly_and_never_overwrites(digits_workdir):
   config = _fast(_digits(mask="box", num_inputs=2, samples_per_input=2))
-  out = controllable.inpaint(config, digits_workdir)
+  out = inpaint_mode.run(config, digits_workdir).folder
   assert out == os.path.join(digits_workdir, "inpaint", "0")
   with open(os.path.join(out, "metrics.json")) as f:
     metrics = json.load(f)
@@ -248,8 +260,8 @@ def test_inpaint_keeps_known_pixels_exactly_and_never_overwrites(digits_workdir)
   grid = np.asarray(Image.open(os.path.join(out, "grid.png")))
   assert grid.shape == (2 * (64 + 2) + 2, 4 * (64 + 2) + 2)  # 2 rows × (original, input, 2 samples), ×8
   # A second run (masks that differ between inputs) goes to a new folder; the first one's files stay.
-  out2 = controllable.inpaint(_fast(_digits(mask="random_patches", num_patches=2, patch_size=3, num_inputs=2,
-                                            samples_per_input=2)), digits_workdir)
+  out2 = inpaint_mode.run(_fast(_digits(mask="random_patches", num_patches=2, patch_size=3, num_inputs=2,
+                                         samples_per_input=2)), digits_workdir).folder
   assert out2.endswith(os.path.join("inpaint", "1")) and os.path.isfile(os.path.join(out, "grid.png"))
   known2 = _known_pixels_kept(out2)
   assert not np.array_equal(known2[0], known2[1])
@@ -265,7 +277,7 @@ def test_colorize_keeps_the_luminance_to_float_precision(tmp_path):
   config.controllable.update(dict(num_inputs=2, samples_per_input=2))
   workdir = str(tmp_path)
   _export_zero_params(config, workdir)
-  out = controllable.colorize(config, workdir)
+  out = colorize_mode.run(config, workdir).folder
   with open(os.path.join(out, "metrics.json")) as f:
     metrics = json.load(f)
   with np.load(os.path.join(out, "results.npz")) as r:

@@ -12,11 +12,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from score_jax import classifiers
-from score_jax import evaluate
 from score_jax import experiment
-from score_jax import train
+from score_jax.modes import train
 from score_jax.data import embedded
+from score_jax.modes import eval as eval_mode
+from score_jax.modes import fid_stats as fid_stats_mode
+from score_jax.jobs import features
+from score_jax.modes import train_classifier as train_classifier_mode
 from tests import run_main
 from tests.test_configs import load
 
@@ -36,10 +38,10 @@ def run(tmp_path_factory):
   """A trained smoke run, its classifier, its fid_stats and one eval over both checkpoints."""
   workdir = str(tmp_path_factory.mktemp("eval") / "digits")
   config = _config()
-  train.train_and_evaluate(config, workdir)
-  info = classifiers.train_classifier(config, workdir)
-  stats = evaluate.fid_stats(config, workdir)
-  records = evaluate.evaluate(config, workdir)
+  train.run(config, workdir)
+  info = train_classifier_mode.run(config, workdir).metrics
+  stats = fid_stats_mode.run(config, workdir).metrics
+  records = eval_mode.run(config, workdir).records
   return dict(workdir=workdir, config=config, info=info, stats=stats, records=records)
 
 
@@ -69,7 +71,7 @@ def test_eval_writes_one_line_per_checkpoint(run):
 def test_rerun_neither_recomputes_nor_duplicates(run):
   workdir = run["workdir"]
   before = pathlib.Path(workdir, "eval", "results.jsonl").read_bytes()
-  assert evaluate.evaluate(run["config"], workdir) == []
+  assert eval_mode.run(run["config"], workdir).records == []
   assert pathlib.Path(workdir, "eval", "results.jsonl").read_bytes() == before
 
 
@@ -81,7 +83,7 @@ def test_restart_continues_where_it_stopped(run, tmp_path, caplog):
   first = _lines(workdir)[0]
   path.write_text(first + "\n" + '{"step": 4, "lo')  # a torn line, as a kill mid-write leaves it
   with caplog.at_level(logging.INFO):
-    records = evaluate.evaluate(run["config"], workdir)
+    records = eval_mode.run(run["config"], workdir).records
   assert [r["step"] for r in records] == [4]
   # Like training, eval logs what its first sampler call and bits/dim solve compiled.
   compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compile: ")]
@@ -99,9 +101,9 @@ def test_fid_stats_are_computed_once_and_reused(run):
   workdir, config = run["workdir"], run["config"]
   paths = run["stats"]
   assert sorted(paths) == ["test", "train"]
-  files = [p for split in paths for p in evaluate.stats_paths(workdir, "classifier", split)]
+  files = [p for split in paths for p in features.stats_paths(workdir, "classifier", split)]
   before = {p: (os.stat(p).st_mtime_ns, pathlib.Path(p).read_bytes()) for p in files}
-  assert evaluate.fid_stats(config, workdir) == paths
+  assert fid_stats_mode.run(config, workdir).metrics == paths
   assert before == {p: (os.stat(p).st_mtime_ns, pathlib.Path(p).read_bytes()) for p in files}
   with np.load(paths["train"]) as stats:
     assert stats["mu"].shape == (32,) and int(stats["num_samples"]) == 1500
@@ -124,7 +126,7 @@ def test_real_held_out_scores_far_better_than_noise(run):
 
 def test_empty_workdir_without_wait_is_one_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"No checkpoint in .*--mode=train.*--config.eval.wait=True"):
-    evaluate.evaluate(_config(), str(tmp_path / "empty"))
+    eval_mode.run(_config(), str(tmp_path / "empty"))
 
 
 def test_empty_workdir_with_wait_logs_and_stops_at_the_timeout(tmp_path, caplog):
@@ -132,7 +134,7 @@ def test_empty_workdir_with_wait_logs_and_stops_at_the_timeout(tmp_path, caplog)
   config.eval.update(dict(wait=True, poll_seconds=0.05, wait_timeout_seconds=0.3, num_samples=0))
   workdir = str(tmp_path / "empty")
   with caplog.at_level(logging.INFO, logger="absl"):
-    assert evaluate.evaluate(config, workdir) == []
+    assert eval_mode.run(config, workdir).records == []
   text = caplog.text
   assert text.count("Waiting for checkpoints in") >= 2  # one message per poll
   assert "waiting up to step 4" in text  # end_step None with wait: config.training.num_steps
@@ -157,7 +159,7 @@ def test_bad_input_is_one_line_naming_the_field(run, field, value, error, messag
     config.eval[field] = value
   before = pathlib.Path(run["workdir"], "eval", "results.jsonl").read_bytes()
   with pytest.raises(error, match=message) as caught:
-    evaluate.evaluate(config, run["workdir"])
+    eval_mode.run(config, run["workdir"])
   assert "\n" not in str(caught.value)
   assert pathlib.Path(run["workdir"], "eval", "results.jsonl").read_bytes() == before
 
@@ -166,10 +168,10 @@ def test_to_levels_inverts_the_pipeline():
   k = np.arange(17, dtype=np.uint8).reshape(1, 17, 1, 1)  # every level of the digits
   for data_range in ((0.0, 1.0), (-1.0, 1.0)):
     plain = embedded.to_data_range(embedded.to_unit_interval(k, levels=17), data_range)
-    assert np.array_equal(evaluate.to_levels(plain, levels=17, data_range=data_range, dequantized=False), k)
+    assert np.array_equal(features.to_levels(plain, levels=17, data_range=data_range, dequantized=False), k)
     noise = np.full(k.shape, 0.999, np.float32)
     deq = embedded.to_data_range(embedded.to_unit_interval(k, levels=17, noise=noise), data_range)
-    assert np.array_equal(evaluate.to_levels(deq, levels=17, data_range=data_range, dequantized=True), k)
+    assert np.array_equal(features.to_levels(deq, levels=17, data_range=data_range, dequantized=True), k)
 
 
 def test_toy_eval_reports_bpd_against_the_exact_target(tmp_path):
@@ -178,8 +180,8 @@ def test_toy_eval_reports_bpd_against_the_exact_target(tmp_path):
                                                batch_size=16, bpd_rtol=1e-3, bpd_atol=1e-3, num_loss_batches=2))
   config.training.num_steps = 10
   workdir = str(tmp_path / "toy")
-  train.train_and_evaluate(config, workdir)
-  (record,) = evaluate.evaluate(config, workdir)
+  train.run(config, workdir)
+  (record,) = eval_mode.run(config, workdir).records
   assert record["step"] == 10 and record["features"] is None
   for name in ("loss", "bpd", "bpd_target", "sliced_w2", "coverage"):
     assert math.isfinite(record[name]), name
@@ -193,12 +195,17 @@ def test_main_eval_on_an_empty_workdir_exits_with_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith("error: No checkpoint in ")
 
 
-def test_every_image_config_holds_the_eval_defaults():
-  """configs/common.py spells out evaluate.DEFAULTS (configs without the section get them)."""
+def test_configs_without_eval_fields_get_those_of_common():
+  """configs/common.py is the one source of the eval defaults: a config whose eval section lacks
+  fields (the toy ones have only a few) reads common's values for them."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
   from configs import common  # pylint: disable=g-import-not-at-top
-  section = common.base_config().eval.to_dict()
-  assert section == evaluate.DEFAULTS
+  _, partial = load("configs/ve/digits.py", "smoke")
+  partial.eval = ml_collections.ConfigDict(dict(num_samples=40))
+  opts, want = experiment.eval_options(partial), common.eval_section()
+  assert opts.num_samples == 40 and opts.kid_subsets == want.kid_subsets and opts.features == want.features
+  assert opts.classifier.widths == tuple(want.classifier.widths) and opts.classifier.fit.lr == want.classifier.lr
   _, digits = load("configs/ve/digits.py")
-  assert evaluate.eval_options(digits).features == "classifier"
+  assert experiment.eval_options(digits).features == "classifier"
   _, cifar = load("configs/ve/cifar10_ncsnpp_continuous.py", "smoke")  # smoke switches to embedded shapes
-  assert evaluate.eval_options(cifar).features == "classifier"
+  assert experiment.eval_options(cifar).features == "classifier"

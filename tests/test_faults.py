@@ -18,9 +18,10 @@ import pytest
 
 import run_main
 from score_jax import checkpointing
-from score_jax import evaluate
-from score_jax import sample as sample_lib
-from score_jax import train
+from score_jax import experiment
+from score_jax.jobs import params as params_lib
+from score_jax.modes import eval as eval_mode
+from score_jax.modes import train
 from configs.toy import gmm2d
 
 # One worker computes this module's shared fixture (pytest.ini: --dist loadgroup).
@@ -64,7 +65,7 @@ def _damage(folder: str, how: str) -> None:
 def reference(tmp_path_factory):
   """An uninterrupted run to step 20: checkpoints 4, 8, ..., 20 and the EMA export of step 20."""
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  train.train_and_evaluate(_config(), workdir)
+  train.run(_config(), workdir)
   return workdir
 
 
@@ -97,7 +98,7 @@ def test_damaged_checkpoints_are_set_aside_and_training_resumes_from_the_newest_
   for step, how in damage.items():
     _damage(_step_dir(workdir, step), how)
   with caplog.at_level(logging.INFO, logger="absl"):
-    result = train.train_and_evaluate(_config(), workdir)
+    result = train.run(_config(), workdir)
   assert result.start_step == 4
   lines = _unreadable_lines(caplog)
   assert len(lines) == 3  # one line each: step, folder, array and error, where it went, what next
@@ -118,7 +119,7 @@ def test_no_readable_checkpoint_stops_naming_what_was_tried(reference, tmp_path)
   _damage(_step_dir(workdir, 8), "truncated")
   _damage(_step_dir(workdir, 4), "deleted")
   with pytest.raises(checkpointing.UnreadableCheckpointError) as raised:
-    train.train_and_evaluate(_config(), workdir)
+    train.run(_config(), workdir)
   message = str(raised.value)
   assert "\n" not in message and message.startswith("No readable checkpoint: tried ")
   assert message.index(_step_dir(workdir, 8)) < message.index(_step_dir(workdir, 4))
@@ -132,14 +133,14 @@ def test_sample_and_eval_fall_back_past_damaged_exports_and_checkpoints(referenc
   other = _config()
   other.model.network.hidden = 32
   with pytest.raises(checkpointing.CheckpointMismatchError, match="does not fit this config's model"):
-    sample_lib.latest_ema_params(train.build(other), workdir)
+    params_lib.latest_ema_params(experiment.build(other), workdir)
   assert not glob.glob(os.path.join(workdir, "*", "*.unreadable"))
 
   _damage(_step_dir(workdir, 20, "ema"), "truncated")
   _damage(_step_dir(workdir, 20), "no_commit_marker")
   config = _config()
   with caplog.at_level(logging.WARNING, logger="absl"):
-    step, params = sample_lib.latest_ema_params(train.build(config), workdir)  # what --mode=sample loads
+    step, params = params_lib.latest_ema_params(experiment.build(config), workdir)  # what --mode=sample loads
   assert step == 16
   run_main.assert_trees_close(params, run_main.saved_state(reference, 16)["ema_params"])
   lines = _unreadable_lines(caplog)
@@ -150,7 +151,7 @@ def test_sample_and_eval_fall_back_past_damaged_exports_and_checkpoints(referenc
   # --mode=eval: a damaged step is reported, set aside and skipped; the others are evaluated.
   _damage(_step_dir(workdir, 16), "deleted")
   config.eval.begin_step = 12
-  records = evaluate.evaluate(config, workdir)
+  records = eval_mode.run(config, workdir).records
   assert [r["step"] for r in records] == [12]
   assert os.path.isdir(_step_dir(workdir, 16) + ".unreadable")
 
@@ -167,7 +168,7 @@ def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(reference, 
 
   monkeypatch.setattr(async_path, "write_text", full_disk)
   with pytest.raises(checkpointing.DiskFullError) as raised:
-    train.train_and_evaluate(_config(), workdir)
+    train.run(_config(), workdir)
   message = str(raised.value)
   assert "\n" not in message
   assert message.startswith(f"Disk full: the checkpoint of step 12 could not be written to {workdir}/checkpoints (")
@@ -183,7 +184,8 @@ _STALLING_TRAINER = r"""
 import json, os, sys, threading, time
 from orbax.checkpoint._src.path import async_path
 from configs.toy import gmm2d
-from score_jax import train
+from score_jax.modes import train
+from score_jax.modes import eval as eval_mode
 
 workdir, fields = sys.argv[1], json.loads(sys.argv[2])
 real_write = async_path.write_text
@@ -198,7 +200,7 @@ config = gmm2d.get_config("smoke")
 for name, value in fields.items():
   section, field = name.split(".")
   config[section][field] = value
-train.train_and_evaluate(config, workdir)
+train.run(config, workdir)
 """
 
 
@@ -220,7 +222,7 @@ def test_two_jobs_on_one_workdir_and_kill_9_in_the_middle_of_a_save(reference, t
     # Meanwhile --mode=eval polls alongside: it reads only committed checkpoints while training writes.
     config = _config(**{"eval.end_step": 4, "eval.wait": True, "eval.poll_seconds": 0.2})
     with caplog.at_level(logging.INFO, logger="absl"):
-      records = evaluate.evaluate(config, workdir)
+      records = eval_mode.run(config, workdir).records
     assert [r["step"] for r in records] == [4]
     assert "Waiting for checkpoints" in caplog.text
 
@@ -244,7 +246,7 @@ def test_two_jobs_on_one_workdir_and_kill_9_in_the_middle_of_a_save(reference, t
   assert checkpointing.checkpoint_steps(workdir) == [4]  # step 8 was mid-save: not committed
   assert glob.glob(os.path.join(workdir, "checkpoints", "8.orbax-checkpoint-tmp*"))
   with caplog.at_level(logging.INFO, logger="absl"):
-    result = train.train_and_evaluate(_config(), workdir)  # the lock died with the killed process
+    result = train.run(_config(), workdir)  # the lock died with the killed process
   assert result.start_step == 4
   assert not glob.glob(os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp*"))  # the half save is gone
   _assert_same_state(workdir, reference, STEPS)

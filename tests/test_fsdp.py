@@ -28,11 +28,11 @@ from jax.sharding import PartitionSpec as P
 from score_jax import checkpointing
 from score_jax import compilation
 from score_jax import config_files
-from score_jax import evaluate
 from score_jax import experiment
 from score_jax import likelihood
 from score_jax import sharding
-from score_jax import train
+from score_jax.jobs import train_step
+from score_jax.modes import eval as eval_mode
 
 import run_main
 
@@ -71,10 +71,10 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, {root!r}); sys.path.insert(0, {root!r} + "/tests")
 from test_fsdp import _config, _flat
-from score_jax import train
+from score_jax.modes import train
 out = {{"devices": jax.device_count()}}
 for name, fsdp in (("replicated", False), ("fsdp", True)):
-  result = train.train_and_evaluate(_config(fsdp), {tmp!r} + "/" + name)
+  result = train.run(_config(fsdp), {tmp!r} + "/" + name)
   np.savez({tmp!r} + f"/{{name}}.npz", **_flat(result.state))
   out[name] = {{k: [str(x.sharding.spec), list(x.addressable_shards[0].data.shape), list(x.shape)]
                for k, x in zip(_flat(result.state), jax.tree.leaves(result.state))}}
@@ -104,7 +104,7 @@ def _restore(config, workdir: str):
   """The checkpoint of step STEPS restored with this process's mesh and the config's state shardings."""
   setup = experiment.build(config)
   key = experiment.keys(config.seed)["init"]
-  shardings = train.state_shardings(config, setup, experiment.abstract_state(setup, key))
+  shardings = train_step.state_shardings(experiment.train_options(config), setup, experiment.abstract_state(setup, key))
   with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
     return ckpt.restore(experiment.abstract_state(setup, key, shardings), step=STEPS)
 
@@ -206,7 +206,7 @@ def test_one_device_eval_of_three_fsdp_checkpoints_compiles_bpd_once(runs):
   workdir = os.path.join(runs["tmp"], "fsdp")
   assert checkpointing.checkpoint_steps(workdir) == [4, 8, 12]
   before = likelihood._solve._cache_size()  # pylint: disable=protected-access
-  records = evaluate.evaluate(config, workdir)
+  records = eval_mode.run(config, workdir).records
   assert [r["step"] for r in records] == [4, 8, 12]
   assert all(np.isfinite(r["bpd"]) for r in records)
   assert len({r["bpd"] for r in records}) == 3  # three different models, one compiled solve

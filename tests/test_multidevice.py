@@ -25,7 +25,8 @@ SCRIPT = """
 import json, sys
 sys.path.insert(0, {root!r})
 import jax
-from score_jax import config_files, experiment, sharding, train
+from score_jax import config_files, experiment, sharding
+from score_jax.modes import train
 config = config_files.load({config!r})
 config.training.batch_size = 6
 try:
@@ -35,7 +36,7 @@ except experiment.ConfigError as e:
 config.training.update(num_steps={steps}, batch_size={batch}, snapshot_freq={snapshot})
 out = {{"devices": jax.device_count()}}
 for name, devices in (("one", jax.devices()[:1]), ("four", jax.devices())):
-  result = train.train_and_evaluate(config, {workdir!r} + "/" + name, mesh=sharding.make_mesh(devices=devices))
+  result = train.run(config, {workdir!r} + "/" + name, mesh=sharding.make_mesh(devices=devices))
   out[name] = {{"history": result.history, "mesh": result.metrics["num_devices"]}}
 print("RESULT", json.dumps(out))
 """

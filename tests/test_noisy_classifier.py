@@ -12,12 +12,14 @@ import pytest
 from scipy import integrate
 from scipy import stats
 
-from score_jax import classifiers
+from score_jax.jobs import classifiers
 from score_jax import compilation
 from score_jax import experiment
 from score_jax import sde as sde_lib
 from score_jax.data import embedded
 from score_jax.models import classifier as classifier_lib
+from score_jax.modes import train_noisy_classifier as train_noisy_classifier_mode
+from score_jax.jobs import noise_bands
 from tests.test_configs import load
 
 
@@ -64,7 +66,7 @@ def test_accuracy_by_band_matches_the_closed_form():
   labels = np.arange(n) % 2
   x0 = np.where(labels == 0, 1.0, -1.0)[:, None, None, None] * np.ones((n, 4, 4, 1), np.float32)
   logit_fn = lambda x, t: jnp.stack([jnp.mean(x, axis=(1, 2, 3)), -jnp.mean(x, axis=(1, 2, 3))], axis=-1)
-  records = classifiers.accuracy_by_band(logit_fn, sde, x0.astype(np.float32), labels, key=jax.random.key(0),
+  records = noise_bands.accuracy_by_band(logit_fn, sde, x0.astype(np.float32), labels, key=jax.random.key(0),
                                          num_bands=4, repeats=5, num_classes=2, batch_size=128)
   edges = np.linspace(sde.eps, 1.0, 5)
   for r, lo, hi in zip(records, edges[:-1], edges[1:]):
@@ -86,13 +88,13 @@ def trained(tmp_path_factory):
   config.noisy_classifier.network.update(dict(widths=(16, 32), hidden_dim=32))
   config.noisy_classifier.update(dict(num_steps=300, batch_size=64, lr=3e-3, num_bands=4, band_repeats=1))
   workdir = str(tmp_path_factory.mktemp("noisy") / "digits")
-  info = classifiers.train_noisy_classifier(config, workdir)
+  info = train_noisy_classifier_mode.run(config, workdir).metrics
   return config, workdir, info
 
 
 def test_trains_on_perturbed_digits_and_writes_the_table(trained):
   config, workdir, info = trained
-  folder = classifiers.noisy_classifier_dir(config, workdir)
+  folder = classifiers.resolve_dir(config.noisy_classifier.dir, workdir, "noisy_classifier")
   assert folder == os.path.join(os.path.abspath(workdir), "noisy_classifier")
   with open(os.path.join(folder, "accuracy_by_sigma.json")) as f:
     bands = json.load(f)["bands"]
@@ -108,14 +110,14 @@ def test_trains_on_perturbed_digits_and_writes_the_table(trained):
 def test_saved_classifier_reproduces_its_table(trained):
   config, workdir, info = trained
   data = experiment.build_data(config)
-  loaded = classifiers.load_noisy_classifier(classifiers.noisy_classifier_dir(config, workdir), data, config)
+  loaded = classifiers.load_noisy_classifier(classifiers.resolve_dir(config.noisy_classifier.dir, workdir, "noisy_classifier"), data, experiment.build_sde(config))
   split = data.load_split("test")
   images, labels = split.images_at(np.arange(len(split)))
   x0 = embedded.to_unit_interval(images, levels=split.levels)  # VE digits live in [0, 1]
-  records = classifiers.accuracy_by_band(loaded.logits, loaded.sde, x0, labels,
+  records = noise_bands.accuracy_by_band(loaded.logits, loaded.sde, x0, labels,
                                          key=jax.random.fold_in(experiment.keys(config.seed)["eval"], 12),
                                          num_bands=4, repeats=1, num_classes=10, batch_size=config.eval.batch_size)
-  with open(os.path.join(classifiers.noisy_classifier_dir(config, workdir), "accuracy_by_sigma.json")) as f:
+  with open(os.path.join(classifiers.resolve_dir(config.noisy_classifier.dir, workdir, "noisy_classifier"), "accuracy_by_sigma.json")) as f:
     saved = json.load(f)["bands"]
   assert [r["accuracy"] for r in records] == pytest.approx([r["accuracy"] for r in saved], abs=2 / len(split))
 
@@ -123,11 +125,11 @@ def test_saved_classifier_reproduces_its_table(trained):
 def test_never_overwritten_and_mismatches_are_named(trained, tmp_path):
   config, workdir, _ = trained
   with pytest.raises(FileExistsError, match="already trained there.*noisy_classifier.dir"):
-    classifiers.train_noisy_classifier(config, workdir)
-  folder = classifiers.noisy_classifier_dir(config, workdir)
+    train_noisy_classifier_mode.run(config, workdir)
+  folder = classifiers.resolve_dir(config.noisy_classifier.dir, workdir, "noisy_classifier")
   vp = load("configs/vp/digits.py", "smoke")[1]
   with pytest.raises(experiment.ConfigError, match="config.noisy_classifier.dir: .*trained under the ve SDE"):
-    classifiers.load_noisy_classifier(folder, experiment.build_data(vp), vp)
+    classifiers.load_noisy_classifier(folder, experiment.build_data(vp), experiment.build_sde(vp))
   with pytest.raises(FileNotFoundError, match="config.noisy_classifier.dir: no trained .*--mode=train_noisy_classifier"):
     classifiers.load_noisy_classifier(str(tmp_path))
 
@@ -145,11 +147,11 @@ def test_bad_options_are_one_line_naming_the_field(field, value, message, tmp_pa
   else:
     config.noisy_classifier[field] = value
   with pytest.raises(experiment.ConfigError, match=message):
-    classifiers.train_noisy_classifier(config, str(tmp_path))
+    train_noisy_classifier_mode.run(config, str(tmp_path))
   assert not os.listdir(tmp_path)
 
 
 def test_toy_data_have_no_noisy_classifier(tmp_path):
   _, config = load("configs/toy/gmm2d.py")
   with pytest.raises(experiment.ConfigError, match="config.data.kind: --mode=train_noisy_classifier needs image data"):
-    classifiers.train_noisy_classifier(config, str(tmp_path))
+    train_noisy_classifier_mode.run(config, str(tmp_path))

@@ -1,7 +1,7 @@
 """Mixed precision (config.model.dtype), rematerialisation (config.training.remat) and gradient
 accumulation (config.training.grad_accum) on a tiny NCSN++ over the embedded 8×8 digits.
 
-The train step under test is ``train.make_train_step``; its optimizer is the config's chain
+The train step under test is ``jobs.train_step.make_train_step``; its optimizer is the config's chain
 preceded by a pass-through transformation that stores the gradient in the optimizer state,
 so each step's exact gradient can be read back and compared.
 """
@@ -19,7 +19,7 @@ import pytest
 from configs.ve import digits
 from score_jax import experiment
 from score_jax import sampling
-from score_jax import train
+from score_jax.jobs import train_step
 from score_jax.models import NCSNpp
 
 # XLA:CPU options that cut compile time; the checks are about values, not speed.
@@ -73,7 +73,7 @@ def _run(overrides: tuple, num_steps: int):
   state = _initial_state()
   batches = [setup.data.train.batch_at(s, global_batch_size=BATCH, seed=setup.seed) for s in range(num_steps)]
   batches = [{"image": jnp.asarray(b["image"]), "label": jnp.asarray(b["label"])} for b in batches]
-  step = jax.jit(train.make_train_step(setup, train_key=keys["train"])).lower(state, batches[0])
+  step = jax.jit(train_step.make_train_step(setup, train_key=keys["train"])).lower(state, batches[0])
   step = step.compile(FAST_COMPILE)
   states, metrics = [], []
   for batch in batches:
@@ -148,7 +148,7 @@ def test_remat_keeps_less_for_the_backward_pass():
 
 def test_microbatch_rows_partition_every_devices_share():
   rows = np.arange(12)
-  parts = [np.asarray(train.microbatch_rows(jnp.asarray(rows), index=i, count=3, groups=2)) for i in range(3)]
+  parts = [np.asarray(train_step.microbatch_rows(jnp.asarray(rows), index=i, count=3, groups=2)) for i in range(3)]
   # Device 0 holds rows 0-5, device 1 rows 6-11; micro-batch i takes the i-th pair of each.
   np.testing.assert_array_equal(parts[1], [2, 3, 8, 9])
   np.testing.assert_array_equal(np.sort(np.concatenate(parts)), rows)

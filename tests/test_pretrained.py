@@ -29,10 +29,10 @@ import run_main
 from score_jax import experiment
 from score_jax import models
 from score_jax import pretrained
-from score_jax import sample as sample_lib
 from score_jax import score_fn as score_fn_lib
 from score_jax import sde as sde_lib
-from score_jax import train
+from score_jax.modes import train
+from score_jax.jobs import params as params_lib
 from tools import pretrained_fixtures
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "pretrained"
@@ -250,7 +250,7 @@ def test_export_and_config_validation(export_dir):
     pretrained.export(str(FIXTURES / "ve_ncsnpp" / "checkpoint_7"), case("ve_ncsnpp")[2], str(export_dir))
   setup = experiment.build(smoke_config(pretrained=str(export_dir), conditioning="score_sde"))
   assert setup.pretrained == str(export_dir) and setup.centered is False
-  assert sample_lib.available_steps(setup, "/nonexistent/workdir") == [7]  # what --mode=eval iterates over
+  assert params_lib.available_steps(setup, "/nonexistent/workdir") == [7]  # what --mode=eval iterates over
   with pytest.raises(experiment.ConfigError, match=r"^config.model.conditioning: .*conditioning=score_sde"):
     experiment.build(smoke_config(pretrained=str(export_dir)))
   config = smoke_config(pretrained=str(export_dir), conditioning="score_sde")
@@ -259,7 +259,7 @@ def test_export_and_config_validation(export_dir):
     experiment.build(config)
   one_line(e)
   with pytest.raises(experiment.ConfigError, match=r"^config.model.pretrained: .*--mode=sample and --mode=eval only"):
-    train.train_and_evaluate(smoke_config(pretrained=str(export_dir), conditioning="score_sde"),
+    train.run(smoke_config(pretrained=str(export_dir), conditioning="score_sde"),
                              str(export_dir.parent / "never_written"))
   assert not (export_dir.parent / "never_written").exists()
   with pytest.raises(experiment.ConfigError, match=r"^config.model.pretrained: .*not a converted export"):

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from score_jax import config_files
-from score_jax import train
+from score_jax.modes import train
 
 # One worker computes this module's shared fixture (pytest.ini: --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("readme")
@@ -27,7 +27,7 @@ def scratch(tmp_path_factory):
   """A directory holding ``runs/gmm``, trained like the README's main job at smoke size."""
   root = tmp_path_factory.mktemp("readme")
   config = config_files.load("configs/toy/gmm2d.py:smoke")
-  train.train_and_evaluate(config, str(root / "runs" / "gmm"))
+  train.run(config, str(root / "runs" / "gmm"))
   return root
 
 

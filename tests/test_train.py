@@ -14,9 +14,11 @@ import pytest
 from score_jax import compilation
 from score_jax import score_fn as score_fn_lib
 from score_jax import sde as sde_lib
-from score_jax import sample as sample_lib
-from score_jax import train
+from score_jax.modes import train
 from score_jax.models import MLPScore, get_model
+from score_jax.modes import sample as sample_mode
+from score_jax.jobs import params as params_lib
+from score_jax.jobs import sampler as sampler_lib
 
 _CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "toy" / "gmm2d.py"
 
@@ -42,7 +44,7 @@ def _finite_numbers(tree) -> list[float]:
 def test_train_resume_and_sample(tmp_path):
   workdir = str(tmp_path / "run")
   config = _smoke_config()
-  first = train.train_and_evaluate(config, workdir)
+  first = train.run(config, workdir)
   assert first.start_step == 0 and int(first.state.step) == 20
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "20"))
   assert os.path.isfile(os.path.join(workdir, "config.json"))
@@ -56,11 +58,11 @@ def test_train_resume_and_sample(tmp_path):
 
   # Re-running the finished command refuses rather than overwrite its outputs.
   with pytest.raises(FileExistsError, match="num_steps"):
-    train.train_and_evaluate(config, workdir)
+    train.run(config, workdir)
 
   # Raising num_steps resumes from the checkpoint of step 20, not from step 0.
   config.training.num_steps = 30
-  second = train.train_and_evaluate(config, workdir)
+  second = train.run(config, workdir)
   assert second.start_step == 20 and int(second.state.step) == 30
   assert second.metrics["start_step"] == 20
   assert os.path.isfile(os.path.join(workdir, "metrics_step30.json"))
@@ -68,7 +70,7 @@ def test_train_resume_and_sample(tmp_path):
   assert pathlib.Path(first.metrics_path).read_bytes() == first_bytes
 
   # --mode=sample: a new folder per call, from the latest checkpoint's EMA parameters.
-  outs = [sample_lib.sample(config, workdir) for _ in range(2)]
+  outs = [sample_mode.run(config, workdir).folder for _ in range(2)]
   assert [os.path.relpath(o, workdir) for o in outs] == [os.path.join("samples", "0"), os.path.join("samples", "1")]
   for out in outs:
     assert sorted(os.listdir(out)) == ["metrics.json", "samples.npz", "samples.png"]
@@ -80,7 +82,7 @@ def test_train_resume_and_sample(tmp_path):
 
 def test_sample_without_checkpoint_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"No checkpoint.*--mode=train"):
-    sample_lib.sample(_smoke_config(), str(tmp_path / "empty"))
+    sample_mode.run(_smoke_config(), str(tmp_path / "empty"))
 
 
 def test_nonfinite_loss_stops_and_names_the_step(tmp_path):
@@ -89,7 +91,7 @@ def test_nonfinite_loss_stops_and_names_the_step(tmp_path):
   config.optim.warmup = 0
   config.optim.grad_clip = -1.0
   with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
-    train.train_and_evaluate(config, str(tmp_path / "nan"))
+    train.run(config, str(tmp_path / "nan"))
   assert not os.path.exists(tmp_path / "nan" / "checkpoints" / "10")  # nothing non-finite was saved
 
 
@@ -106,7 +108,7 @@ def test_bad_config_values_name_the_field(tmp_path, field, value, message):
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(train.ConfigError, match=message):
-    train.train_and_evaluate(config, str(tmp_path / "bad"))
+    train.run(config, str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad")  # failed before touching the workdir
 
 
@@ -193,7 +195,7 @@ def test_digits_train_writes_grids_tensorboard_and_ema_export_then_samples_from_
   config.training.num_steps = 6
   config.training.sample_freq = 3
   config.training.log_freq = 2
-  result = train.train_and_evaluate(config, workdir)
+  result = train.run(config, workdir)
   assert not result.preempted and [s for s, _ in result.history] == list(range(6))
   for name in ("samples_step3.png", "samples_step3.npz", "samples_step6.png", "samples_step6.npz",
                "metrics_step6.json", "config.json"):
@@ -216,7 +218,7 @@ def test_digits_train_writes_grids_tensorboard_and_ema_export_then_samples_from_
   assert os.listdir(os.path.join(workdir, "ema")) == ["6"]
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(os.path.join(workdir, "checkpoints"))
-  out = sample_lib.sample(config, workdir)
+  out = sample_mode.run(config, workdir).folder
   with np.load(os.path.join(out, "samples.npz")) as data:
     assert data["samples"].shape == (config.sampling.num_samples, 8, 8, 1) and int(data["step"]) == 6
 
@@ -227,7 +229,7 @@ def test_skip_nonfinite_skips_updates_instead_of_stopping(tmp_path):
   config.optim.warmup = 0
   config.optim.grad_clip = -1.0
   config.training.skip_nonfinite = True
-  result = train.train_and_evaluate(config, str(tmp_path / "skip"))
+  result = train.run(config, str(tmp_path / "skip"))
   assert int(result.state.step) == config.training.num_steps  # ran to the end
   losses = [loss for _, loss in result.history]
   assert not all(math.isfinite(v) for v in losses)  # some steps were non-finite ...
@@ -240,7 +242,7 @@ def test_image_size_not_divisible_by_the_downsampling_factor(tmp_path):
   config.data.image_size = 10
   config.model.network.ch_mult = (1, 2, 2)
   with pytest.raises(train.ConfigError, match=r"^config\.data\.image_size: 10 is not divisible .* factor 4"):
-    train.train_and_evaluate(config, str(tmp_path / "bad"))
+    train.run(config, str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad")
 
 
@@ -250,21 +252,21 @@ def test_sample_mode_picks_a_checkpoint_and_chunking_keeps_the_samples(tmp_path)
   config = _smoke_config()
   config.sampling.pc.corrector = "none"  # the langevin corrector's step uses batch-mean norms
   config.sampling.num_samples = 10
-  train.train_and_evaluate(config, workdir)  # checkpoints at steps 10 and 20
+  train.run(config, workdir)  # checkpoints at steps 10 and 20
   config.sampling.checkpoint_step = 10
-  out = sample_lib.sample(config, workdir)
+  out = sample_mode.run(config, workdir).folder
   with np.load(os.path.join(out, "samples.npz")) as data:
     assert int(data["step"]) == 10
   config.sampling.checkpoint_step = 15
   with pytest.raises(FileNotFoundError, match=r"config\.sampling\.checkpoint_step=15: .*\[10, 20\]"):
-    sample_lib.sample(config, workdir)
+    sample_mode.run(config, workdir)
 
   setup = experiment.build(config)
-  step, params = sample_lib.latest_ema_params(setup, workdir)
+  step, params = params_lib.latest_ema_params(setup, workdir)
   assert step == 20
   key = jax.random.key(7)
-  whole, nfe = sample_lib.make_sampler(setup, 10)(params, key)
-  chunked, nfe_chunked = sample_lib.make_sampler(setup, 10, batch_size=4)(params, key)  # 4 + 4 + 2
+  whole, nfe = sampler_lib.make_sampler(setup, 10)(params, key)
+  chunked, nfe_chunked = sampler_lib.make_sampler(setup, 10, batch_size=4)(params, key)  # 4 + 4 + 2
   assert chunked.shape == whole.shape == (10, 2) and nfe == nfe_chunked
   np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
 

@@ -1,8 +1,8 @@
-"""Classifiers: the in-domain feature CNN of ``score_jax.evaluate`` and the noise-conditional
+"""Classifiers: the in-domain feature CNN of --mode=eval (``score_jax.jobs.features``) and the noise-conditional
 classifiers p_t(y | x(t)) of classifier guidance.
 
 ``Classifier`` is a small CNN for the embedded datasets (8×8 grey digits, 32×32 RGB shapes):
-the in-domain feature extractor of ``score_jax.evaluate``.
+the in-domain feature extractor of ``score_jax.jobs.features``.
 
 It plays the role Inception-v3 plays for natural images: its penultimate layer (after the
 ReLU, ``feature_dim`` wide) gives the features of FID / KID / precision-recall, and its

@@ -1,0 +1,330 @@
+"""A config becomes components here: ``build(config) -> Setup``.
+
+Every component gets plain arguments, never the ConfigDict:
+
+    config.sde, config.data   ``experiment.data``: the SDE and the data source
+    config.model     models.get_model(name, **config.model.network)         the network (its
+                     image_size / num_channels / num_classes come from the data), plus its
+                     parametrization, conditioning and ema_rate
+    config.optim     train_state.create_optimizer(config.optim)             clip -> Adam + warmup
+    config.training  losses.<loss>(**loss_options), batch size, steps, checkpoints, logging
+    config.sampling  sampling.sample(method, **config.sampling[method])
+
+Sections keyed by the chosen name (``config.sde.ve``, ``config.sampling.ode``, ...) keep the
+options of the alternatives, so ``--config.sde.name=ve`` or ``--config.sampling.method=ode``
+switch components from the command line.
+
+``build`` validates everything and traces (never compiles) the train step and the sampler
+abstractly, so a bad value fails in seconds with ``ConfigError``, whose message starts with
+the config field, before any compilation and before the workdir is touched.
+
+Randomness: five streams are folded from ``jax.random.key(config.seed)`` (init, train,
+data, sample, eval); see ``keys``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from score_jax import losses
+from score_jax import models
+from score_jax import pretrained as pretrained_lib
+from score_jax import sampling
+from score_jax import score_fn as score_fn_lib
+from score_jax import sde as sde_lib
+from score_jax import sharding as sharding_lib
+from score_jax import train_state as ts_lib
+from score_jax.experiment.checks import ConfigDict, ConfigError, as_dict, check, config_field, is_int
+from score_jax.experiment.data import Data, ImageData, build_data, build_sde
+from score_jax.experiment.state import abstract_batch, init_params
+
+Array = Any
+
+LOSSES: dict[str, Callable[..., Array]] = {
+    "dsm": losses.dsm_loss,
+    "smld": losses.smld_loss,
+    "ddpm": losses.ddpm_loss,
+}
+
+
+# config.model.dtype: the dtype the network computes in; parameters, optimizer state, EMA,
+# the noise embedding, normalisation statistics, softmax and the loss stay float32.
+COMPUTE_DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+KEY_STREAMS = ("init", "train", "data", "sample", "eval")
+
+
+def seed_of(config: ConfigDict) -> int:
+  """``config.seed``, checked to be an integer."""
+  check(is_int(config.seed), "config.seed", f"must be an integer, got {config.seed!r}.")
+  return int(config.seed)
+
+
+def keys(seed: int) -> dict[str, jax.Array]:
+  """The run's base keys, one per stream in ``KEY_STREAMS``, folded from ``key(seed)``."""
+  base = jax.random.key(seed)
+  return {name: jax.random.fold_in(base, i) for i, name in enumerate(KEY_STREAMS)}
+
+
+# --- setup --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything built from a config, before anything is compiled.
+
+  Attributes:
+    sde: the forward SDE.
+    data: ``ToyData`` (exact samples on the device) or ``ImageData`` (host-fed batches).
+    model: the (unbound) Flax network, called as ``(x, cond, labels=None, train=False)``.
+    tx: the optax chain.
+    lr_schedule: step -> learning rate (for logging; the chain holds its own copy).
+    loss_fn: ``loss_fn(key, sde, score_fn, x) -> scalar`` with the config's options bound.
+    parametrization: how the network output becomes a score (``score_fn.get_score_fn``).
+    conditioning: what the network is conditioned on (t, σ̃(t) or 999·t; ``score_fn.CONDITIONINGS``).
+    ema_rate: EMA decay of the parameters.
+    num_classes: classes of a class-conditional network; 0 when unconditional.
+    label_dropout: probability of replacing a label by the null id while training
+      (classifier-free guidance); 0 disables.
+    batch_size: the global batch size.
+    grad_accum: micro-batches per step (``config.training.grad_accum``); 1: none.
+    skip_nonfinite: skip (instead of stop at) updates whose loss or gradient is not finite.
+    mesh: the data-parallel mesh over all devices.
+    sampling_method: the sampler's name.
+    sampling_options: its options, defaults filled in.
+    seed: ``config.seed`` (keys come from ``keys(seed)``; image batching uses it directly).
+    centered: the data live in [−1, 1] (else [0, 1]); score_sde's convention needs it.
+    pretrained: a converted published checkpoint (``score_jax.pretrained`` export) that
+      sample / eval use instead of the workdir's checkpoints; "" for none.
+  """
+
+  sde: sde_lib.SDE
+  data: Data
+  model: Any
+  tx: optax.GradientTransformation
+  lr_schedule: optax.Schedule
+  loss_fn: Callable[..., Array]
+  parametrization: str
+  conditioning: str
+  ema_rate: float
+  num_classes: int
+  label_dropout: float
+  batch_size: int
+  skip_nonfinite: bool
+  mesh: jax.sharding.Mesh
+  sampling_method: str
+  sampling_options: dict[str, Any]
+  seed: int
+  centered: bool = True
+  pretrained: str = ""
+  grad_accum: int = 1
+
+  @property
+  def data_shape(self) -> tuple[int, ...]:
+    return self.data.shape
+
+  def apply(self, params: Any, x: Array, cond: Array, labels: Array | None = None, *, train: bool = False,
+            dropout_key: jax.Array | None = None) -> Array:
+    """The network on its ``"params"`` collection: x [B, ...], cond [B] -> [B, ...]."""
+    rngs = {"dropout": dropout_key} if train and dropout_key is not None else None
+    return self.model.apply({"params": params}, x, cond, labels, train=train, rngs=rngs)
+
+  def score_fn(self, params: Any, labels: Array | None = None, *, train: bool = False,
+               dropout_key: jax.Array | None = None) -> Callable[[Array, Array], Array]:
+    """``score_fn(x, t)`` of the network with ``params`` (labels bound when given)."""
+    apply = functools.partial(self.apply, train=train, dropout_key=dropout_key)
+    return score_fn_lib.get_score_fn(self.sde, apply, params, parametrization=self.parametrization,
+                                     conditioning=self.conditioning, labels=labels, centered=self.centered)
+
+
+def _validate_training(config: ConfigDict) -> None:
+  tr = config.training
+  for field in ("num_steps", "batch_size", "snapshot_freq", "max_to_keep", "log_freq"):
+    value = tr[field]
+    check(is_int(value) and value >= 1, f"config.training.{field}", f"must be an integer >= 1, got {value!r}.")
+  sample_freq = tr.get("sample_freq", 0)
+  check(is_int(sample_freq) and sample_freq >= 0, "config.training.sample_freq",
+        f"must be an integer >= 0 (steps between sample grids; 0: only at the end), got {sample_freq!r}.")
+  check(tr.loss in LOSSES, "config.training.loss", f"unknown loss {tr.loss!r}; choose one of {sorted(LOSSES)}.")
+  p = tr.get("label_dropout", 0.0)
+  check(isinstance(p, (int, float)) and 0.0 <= p < 1.0, "config.training.label_dropout",
+        f"must lie in [0, 1), got {p!r}.")
+  op = config.optim
+  check(isinstance(op.lr, (int, float)) and op.lr > 0, "config.optim.lr", f"must be > 0, got {op.lr!r}.")
+  check(is_int(op.warmup) and op.warmup >= 0, "config.optim.warmup", f"must be an integer >= 0, got {op.warmup!r}.")
+  check(0.0 <= op.b1 < 1.0, "config.optim.b1", f"must lie in [0, 1), got {op.b1!r}.")
+  check(0.0 <= op.b2 < 1.0, "config.optim.b2", f"must lie in [0, 1), got {op.b2!r}.")
+  check(op.eps > 0, "config.optim.eps", f"must be > 0, got {op.eps!r}.")
+  rate = config.model.ema_rate
+  check(isinstance(rate, (int, float)) and 0.0 <= rate < 1.0, "config.model.ema_rate",
+        f"must lie in [0, 1), got {rate!r}.")
+  check(isinstance(tr.get("fsdp", False), bool), "config.training.fsdp",
+        f"must be True or False, got {tr.get('fsdp')!r}.")
+  min_size = tr.get("fsdp_min_size", sharding_lib.FSDP_MIN_SIZE)
+  check(is_int(min_size) and min_size >= 0, "config.training.fsdp_min_size",
+        f"must be an integer >= 0 (arrays with fewer elements stay replicated under FSDP), got {min_size!r}.")
+  n = config.sampling.num_samples
+  check(is_int(n) and n >= 1, "config.sampling.num_samples", f"must be an integer >= 1, got {n!r}.")
+  check(is_int(config.seed), "config.seed", f"must be an integer, got {config.seed!r}.")
+  dtype = config.model.get("dtype", "float32")
+  check(dtype in COMPUTE_DTYPES, "config.model.dtype",
+        f"unknown compute dtype {dtype!r}; choose one of {list(COMPUTE_DTYPES)} (parameters stay float32).")
+  remat = tr.get("remat", False)
+  check(isinstance(remat, bool), "config.training.remat", f"must be True or False, got {remat!r}.")
+  accum = tr.get("grad_accum", 1)
+  check(is_int(accum) and accum >= 1, "config.training.grad_accum",
+        f"must be an integer >= 1 (micro-batches per step), got {accum!r}.")
+
+
+def _network_fields(config: ConfigDict, data: Data) -> dict[str, Any]:
+  """``config.model.network`` with the data's image size, channels and classes filled in, and
+  the compute dtype (``config.model.dtype``) and ``config.training.remat`` passed on."""
+  fields = as_dict(config.model.network)
+  cls = models.MODELS.get(config.model.name)
+  names = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+  dtype = config.model.get("dtype", "float32")
+  if dtype != "float32":  # float32 leaves the network's own default (None: its inputs' dtype)
+    check("dtype" in names, "config.model.dtype",
+          f"model {config.model.name!r} computes in float32 only; use 'ncsnpp' or 'unet' for {dtype!r}.")
+    fields["dtype"] = COMPUTE_DTYPES[dtype]
+  if config.training.get("remat", False):
+    check("remat" in names, "config.training.remat",
+          f"model {config.model.name!r} has no residual blocks to rematerialise; use 'ncsnpp' or 'unet'.")
+    fields["remat"] = True
+  if not isinstance(data, ImageData):
+    return fields
+  size, _, channels = data.shape
+  for field, value in (("image_size", size), ("num_channels", channels)):
+    if field not in names:
+      continue
+    given = fields.get(field)
+    check(given is None or given == value, f"config.model.network.{field}",
+          f"is {given!r} but the data have {value} (config.data); leave it unset, the data fill it in.")
+    fields[field] = value
+  ch_mult = fields.get("ch_mult")
+  if ch_mult is not None and "image_size" in names:
+    factor = 2 ** (len(ch_mult) - 1)
+    check(size % factor == 0, "config.data.image_size",
+          f"{size} is not divisible by the down-sampling factor {factor} of config.model.network.ch_mult="
+          f"{tuple(ch_mult)} ({len(ch_mult)} levels); use a multiple of {factor} or fewer levels.")
+  if config.model.get("class_conditional", False):
+    check(data.num_classes > 0, "config.model.class_conditional",
+          f"dataset {data.name!r} has no labels; set it to False.")
+    check("num_classes" in names, "config.model.class_conditional",
+          f"model {config.model.name!r} takes no labels; use 'unet' or 'ncsnpp'.")
+    fields["num_classes"] = data.num_classes
+  return fields
+
+
+def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Setup:
+  """Validates ``config`` and builds the SDE, data, network, optimizer, loss and sampler options.
+
+  Nothing is compiled; the train step and the sampler are traced abstractly
+  (``jax.eval_shape``), so any bad value surfaces here.
+
+  Args:
+    config: the full config (sections sde, data, model, optim, training, sampling, seed).
+    mesh: the device mesh; default ``sharding.make_mesh()`` over all devices.
+
+  Returns:
+    The components.
+
+  Raises:
+    ConfigError (a ValueError): a bad config value; the message starts with the config field.
+  """
+  _validate_training(config)
+  mesh = sharding_lib.make_mesh() if mesh is None else mesh
+  try:
+    sharding_lib.check_batch_divisible(config.training.batch_size, mesh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  accum = config.training.get("grad_accum", 1)
+  check(config.training.batch_size % (accum * mesh.size) == 0, "config.training.grad_accum",
+        f"{accum} micro-batches on {mesh.size} device(s) need config.training.batch_size "
+        f"({config.training.batch_size}) to be a multiple of grad_accum × devices = {accum * mesh.size}.")
+  sde = build_sde(config)
+  data = build_data(config)
+  fields = _network_fields(config, data)
+  with config_field("config.model"):
+    model = models.get_model(config.model.name, **fields)
+  parametrization = config.model.parametrization
+  check(parametrization in score_fn_lib.PARAMETRIZATIONS, "config.model.parametrization",
+        f"unknown {parametrization!r}; choose one of {list(score_fn_lib.PARAMETRIZATIONS)}.")
+  conditioning = config.model.conditioning
+  check(conditioning in score_fn_lib.CONDITIONINGS, "config.model.conditioning",
+        f"unknown {conditioning!r}; choose one of {list(score_fn_lib.CONDITIONINGS)}.")
+  with config_field("config.optim"):
+    tx = ts_lib.create_optimizer(as_dict(config.optim))
+    lr_schedule = ts_lib.create_learning_rate_schedule(as_dict(config.optim))
+  loss_options = as_dict(config.training.get("loss_options"))
+  loss_fn = functools.partial(LOSSES[config.training.loss], **loss_options)
+  method = config.sampling.method
+  with config_field(f"config.sampling.{method}" if method in sampling.METHODS else "config.sampling.method"):
+    options = sampling.resolve_options(sde, method, as_dict(config.sampling.get(method)))
+  setup = Setup(sde=sde, data=data, model=model, tx=tx, lr_schedule=lr_schedule, loss_fn=loss_fn,
+                parametrization=parametrization, conditioning=conditioning,
+                ema_rate=float(config.model.ema_rate), num_classes=int(fields.get("num_classes", 0) or 0),
+                label_dropout=float(config.training.get("label_dropout", 0.0)),
+                batch_size=config.training.batch_size,
+                skip_nonfinite=bool(config.training.get("skip_nonfinite", False)), mesh=mesh,
+                sampling_method=method, sampling_options=options, seed=config.seed,
+                centered=bool(config.data.get("centered", True)) if isinstance(data, ImageData) else True,
+                pretrained=str(config.model.get("pretrained", "") or ""), grad_accum=accum)
+  # Trace (never compile) the loss, first with an exact-shape stand-in score, then with the
+  # network: a wrong loss option or a network that does not return x's shape fails here.
+  k = keys(config.seed)
+  batch = abstract_batch(setup)
+  with config_field("config.training.loss_options"):
+    jax.eval_shape(lambda key, x: loss_fn(key, sde, lambda y, t: -y, x), k["train"], batch["image"])
+
+  def network_loss(params, key, batch):
+    labels = batch.get("label") if setup.num_classes else None
+    return loss_fn(key, sde, setup.score_fn(params, labels, train=True, dropout_key=key), batch["image"])
+
+  with config_field("config.model"):
+    params = jax.eval_shape(functools.partial(init_params, setup), k["init"])
+    jax.eval_shape(network_loss, params, k["train"], batch)
+  if setup.pretrained:
+    _check_pretrained(setup, params)
+  return setup
+
+
+def _check_pretrained(setup: Setup, params: Any) -> None:
+  """``config.model.pretrained``: a converted export that fits the network and its conventions."""
+  field, path = "config.model.pretrained", setup.pretrained
+  with config_field(field):
+    fmt = pretrained_lib.detect_format(path)
+  check(fmt == "export", field, f"{path} is a {fmt} checkpoint, not a converted export; convert it once with "
+        f"`python -m score_jax.pretrained --src={path} --config=<this config> --out=DIR` and pass DIR.")
+  with config_field(field):
+    meta = pretrained_lib.check_export(path, pretrained_lib.shapes_of(params))
+  want = meta.get("conditioning", pretrained_lib.CONDITIONING)
+  check(setup.conditioning == want, "config.model.conditioning",
+        f"is {setup.conditioning!r} but {path} holds a network trained with score_sde's conventions; add "
+        f"--config.model.conditioning={want} (score_jax.score_fn documents both).")
+  if "centered" in meta:
+    check(bool(meta["centered"]) == setup.centered, "config.data.centered",
+          f"is {setup.centered} but {path} was converted for centered={meta['centered']} data (its config "
+          f"{meta.get('config', '')!r}); use the same data setting.")
+
+
+def conversion_target(config: ConfigDict) -> tuple[Any, bool]:
+  """(the NCSN++ a config describes, whether its data are centered), without touching its data:
+  what ``python -m score_jax.pretrained`` converts a published checkpoint for (published models
+  are RGB unless ``config.data.options.channels`` says otherwise).
+
+  Raises:
+    ValueError: the config's model is not "ncsnpp", or a bad network field.
+  """
+  if config.model.name != "ncsnpp":
+    raise ValueError(f"config.model.name is {config.model.name!r}; published score_sde checkpoints are 'ncsnpp' "
+                     "(NCSN++ / DDPM++) networks.")
+  fields = config.model.network.to_dict()
+  fields.setdefault("image_size", config.data.image_size)
+  fields.setdefault("num_channels", config.data.get("options", {}).get("channels", 3))
+  return models.get_model("ncsnpp", **fields), bool(config.data.centered)

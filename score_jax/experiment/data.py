@@ -1,0 +1,133 @@
+"""``config.sde`` and ``config.data`` become an SDE and a data source.
+
+    config.sde       sde_lib.get_sde(name, **config.sde[name])              the forward SDE
+    config.data      toy.get_target(name, **config.data[name])   (kind "toy": exact samples)
+                     pipeline.get_dataset(kind, name, ...)       (images: embedded, folder,
+                                                                  tfds, tfrecords)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Union
+
+import jax
+
+from score_jax import sde as sde_lib
+from score_jax.data import pipeline
+from score_jax.data import toy
+from score_jax.experiment.checks import ConfigDict, as_dict, check, config_field, is_int
+
+Array = Any
+IMAGE_KINDS = tuple(pipeline.KINDS)
+DATA_KINDS = ("toy",) + IMAGE_KINDS
+
+
+# --- data ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ToyData:
+  """An analytic target; batches are exact samples drawn on the device.
+
+  Attributes:
+    name: the target's name.
+    target: a ``score_jax.data.toy`` target (``sample``, ``log_prob``, exact scores).
+  """
+
+  name: str
+  target: Any
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (self.target.dim,)
+
+  @property
+  def num_classes(self) -> int:
+    return 0
+
+  def sample(self, key: jax.Array, batch_size: int) -> dict[str, Array]:
+    """{"image": [batch_size, D]} exact samples (traceable)."""
+    return {"image": self.target.sample(key, batch_size)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+  """An image dataset fed from the host.
+
+  Attributes:
+    name: the dataset's name.
+    train: the training split (``pipeline`` dataset: ``batch_at``, ``info``, ``data_range``).
+    eval_split: name of the held-out split, built on demand by ``load_split``.
+    build_split: ``split -> dataset`` with the same options as ``train``.
+  """
+
+  name: str
+  train: Any
+  eval_split: str
+  build_split: Callable[[str], Any]
+
+  @property
+  def info(self) -> Any:
+    return self.train.info
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    info = self.train.info
+    return (info.image_size, info.image_size, info.channels)
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.train.info.num_classes)
+
+  @property
+  def data_range(self) -> tuple[float, float]:
+    return tuple(self.train.data_range)
+
+  def load_split(self, split: str) -> Any:
+    return self.build_split(split)
+
+
+Data = Union[ToyData, ImageData]
+
+
+def _data_range(centered: Any) -> tuple[float, float]:
+  return (-1.0, 1.0) if centered else (0.0, 1.0)
+
+
+def build_data(config: ConfigDict) -> Data:
+  """The data of ``config.data`` (nothing is read from disk beyond listing files)."""
+  d = config.data
+  check(d.kind in DATA_KINDS, "config.data.kind", f"unknown data kind {d.kind!r}; choose one of {list(DATA_KINDS)}.")
+  if d.kind == "toy":
+    with config_field("config.data"):
+      return ToyData(name=d.name, target=toy.get_target(d.name, **as_dict(d.get(d.name))))
+  for field in ("image_size", "random_flip", "uniform_dequantization", "centered", "split", "eval_split", "path"):
+    check(field in d, f"config.data.{field}", f"missing; image data (kind {d.kind!r}) need it "
+          "(see configs/default_ve.py for every field).")
+  image_size = d.image_size
+  check(image_size is None or (is_int(image_size) and image_size >= 1), "config.data.image_size",
+        f"must be an integer >= 1 (or None for the dataset's own size), got {image_size!r}.")
+
+  def build_split(split: str) -> Any:
+    with config_field("config.data.", sep=""):
+      return pipeline.get_dataset(d.kind, d.name, split=split, path=d.path or None, image_size=image_size,
+                                  random_flip=d.random_flip, uniform_dequantization=d.uniform_dequantization,
+                                  data_range=_data_range(d.centered), **as_dict(d.get("options")))
+
+  return ImageData(name=d.name, train=build_split(d.split), eval_split=d.eval_split,
+                   build_split=functools.lru_cache(maxsize=2)(build_split))
+
+
+def build_sde(config: ConfigDict) -> sde_lib.SDE:
+  """The SDE of ``config.sde`` (its name and the options of that name's subsection)."""
+  with config_field("config.sde"):
+    return sde_lib.get_sde(config.sde.name, **as_dict(config.sde.get(config.sde.name)))
+
+
+def build_image_data(config: ConfigDict, what: str) -> ImageData:
+  """``build_data`` for a mode that needs images (``what`` names it in the error on toy data)."""
+  data = build_data(config)
+  check(isinstance(data, ImageData), "config.data.kind",
+        f"{what} needs image data; toy targets (kind 'toy') have no images.")
+  return data
+
