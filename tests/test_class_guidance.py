@@ -17,6 +17,7 @@ from score_jax import compilation
 from score_jax import experiment
 from score_jax.jobs import classifiers
 from score_jax.jobs import control as control_lib
+from score_jax.modes import inpaint as inpaint_mode
 from score_jax.modes import sample as sample_mode
 from score_jax.modes import train_noisy_classifier as train_noisy_classifier_mode
 from tests.test_configs import load
@@ -151,3 +152,27 @@ def test_configs_without_the_guidance_sections_get_those_of_common():
   noisy = experiment.noisy_classifier_options(config)
   assert noisy.fit.num_steps == 7 and noisy.model == common.noisy_classifier_section().model == "wideresnet"
   assert noisy.network == common.noisy_classifier_section().network.to_dict()
+
+
+def test_class_guidance_and_posterior_inpainting_combine(run):
+  """--mode=inpaint with config.guidance: the classifier-guided score, then posterior guidance of
+  the known pixels, then replacement; the known pixels come back exactly, metrics.json records both."""
+  workdir, _, _ = run
+  config = _config(kind="classifier", strategy="constant", scale=3.0, labels=(2, 5, 8))
+  config.controllable.update(dict(num_inputs=2, samples_per_input=3, method="posterior", mask="half"))
+  out = inpaint_mode.run(config, workdir)
+  assert out.folder == os.path.join(workdir, "inpaint", "0")
+  m = out.metrics
+  assert m["method"] == "posterior" and m["posterior"] == {"covariance": "isotropic", "guidance_scale": 1.0,
+                                                           "data_variance": 1.0}
+  assert m["guidance"]["kind"] == "classifier" and m["guidance"]["labels"] == [2, 5, 8]
+  assert m["known_max_abs_error"] == 0.0 and m["nonfinite_fraction"] == 0.0
+  with np.load(os.path.join(out.folder, "results.npz")) as r:
+    guided, known, originals = r["samples"], r["known"], r["originals"]
+  assert guided.shape == (2, 3, 8, 8, 1) and known.shape == (2, 8, 8) and 0 < known.mean() < 1
+  for i in range(2):  # bit for bit on every kept pixel of every sample
+    np.testing.assert_array_equal(guided[i][:, known[i]], np.repeat(originals[i][None], 3, axis=0)[:, known[i]])
+  config.guidance.kind = "none"
+  config.controllable.method = "replacement"
+  plain = inpaint_mode.run(config, workdir).metrics
+  assert "guidance" not in plain and plain["method"] == "replacement" and "posterior" not in plain
