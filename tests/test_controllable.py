@@ -251,6 +251,7 @@ def test_inpaint_keeps_known_pixels_exactly_and_never_overwrites(digits_workdir)
     metrics = json.load(f)
   assert metrics["known_max_abs_error"] == 0.0 and metrics["step"] == 1 and metrics["nfe"] > 0
   assert metrics["filled_fraction"] == 0.25 and metrics["classifier_accuracy"] is None
+  assert metrics["method"] == "replacement" and "posterior" not in metrics and "guidance" not in metrics
   known = _known_pixels_kept(out)
   assert known.sum() == 2 * 48
   with np.load(os.path.join(out, "results.npz")) as r:
