@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import jax
 
+from score_jax import experiment
+
 PURPOSES = ("train", "sample", "inpaint", "colorize", "eval")
 _SALT = {"inpaint": 1, "colorize": 2}  # the controllable modes draw apart from each other and from sample
 # Sub-streams of the run's "eval" key (3 is reserved for the reference noise's numpy seed).
@@ -29,8 +31,7 @@ EVAL_STREAMS = {"loss": 0, "bpd": 1, "samples": 2, "toy_loss_data": 4, "toy_bpd_
 
 
 def streams(seed: int) -> dict[str, jax.Array]:
-  """The run's base keys (``experiment.keys``), imported lazily to keep this module light."""
-  from score_jax import experiment  # pylint: disable=import-outside-toplevel
+  """The run's base keys (``experiment.keys``)."""
   return experiment.keys(seed)
 
 
