@@ -32,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
   sde.ve = ml_collections.ConfigDict(dict(sigma_min=0.01, sigma_max=50.0, eps=1e-5, train_eps=1e-5))
   sde.vp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0, eps=1e-3, train_eps=1e-5))
   sde.subvp = ml_collections.ConfigDict(dict(beta_min=0.1, beta_max=20.0, eps=1e-3, train_eps=1e-5))
+  # x(t) = (1 − t) x(0) + t ε; T < 1 because the drift is singular at t = 1 (score_jax/sde.py).
+  sde.rectified_flow = ml_collections.ConfigDict(dict(T=0.999, eps=1e-3, train_eps=1e-5))
 
   # Data: pipeline.get_dataset(kind, name, ...).  kind: embedded | folder | tfds | tfrecords.
   config.data = data = ml_collections.ConfigDict()
@@ -51,8 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.name = "ncsnpp"
   model.network = ml_collections.ConfigDict()
-  model.parametrization = "noise"
+  model.parametrization = "noise"  # noise | score | data | velocity | edm (score_jax/score_fn.py)
   model.conditioning = "sigma"
+  model.sigma_data = 0.5  # σ_d of the "edm" parametrization and loss weighting (EDM: 0.5 for [−1, 1] data)
   model.ema_rate = 0.999
   model.class_conditional = False
   # A converted published checkpoint (`python -m score_jax.pretrained --out=DIR`): --mode=sample / eval
@@ -232,6 +235,9 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   s.num_samples = 8
   s.pc.num_steps = 4
   s.ode.rtol = s.ode.atol = 1e-2
+  s.ode.num_steps = 4  # the fixed-step solvers (heun, euler)
+  if "edm" in s:
+    s.edm.num_steps = 3
   s.adaptive.rel_tol = 0.1
   s.ald.num_steps, s.ald.n_steps_each = 4, 1
   ctl = config.controllable

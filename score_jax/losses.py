@@ -16,8 +16,21 @@ stays finite where s → 0:
     "uniform"     1                       1/s²
     "min_snr"     s² min(SNR, γ)/SNR      min(SNR, γ)/SNR      (Hang et al. 2023)
     "p2"          s²/(k + SNR)^γ          1/(k + SNR)^γ        (Choi et al. 2022)
+    "edm"         s²(σ̃² + σ_d²)/σ_d²      (σ̃² + σ_d²)/σ_d²     (Karras et al. 2022)
+    "velocity"    s²(ṡ − ṁ s/m)²          (ṡ − ṁ s/m)²          (flow matching)
 
-with SNR(t) = m²/s².  ``reduce`` sums or averages ℓ over the non-batch axes (score_sde's
+with SNR(t) = m²/s² and σ̃ = s/m.  "edm" is EDM's λ(σ) = (σ² + σ_d²)/(σ σ_d)² of the denoiser
+error: ‖D − x(0)‖² = σ̃² ℓ for D = E-prediction in x/m (``score_fn``), so λ‖D − x(0)‖² = w ℓ.
+"velocity" is the conditional flow-matching loss ‖û − (ṁ x(0) + ṡ z)‖² = w ℓ (Lipman et al.
+2023); under the rectified-flow SDE it is ‖û − (z − x(0))‖², w = 1/(1 − t)².
+
+Noise levels (``noise_distribution``) are a distribution of σ̃ mapped back to t, drawn from
+the u of ``time_sampling`` by the inverse CDF, truncated to [σ̃(train_eps), σ̃(T)] (no mass
+is piled up at the ends):
+
+    "uniform_time"  t uniform on [train_eps, T] (score_sde)
+    "lognormal"     ln σ̃ ~ N(p_mean, p_std²)   (EDM: −1.2, 1.2)
+    "logit_normal"  logit(t/T) ~ N(logit_mean, logit_std²)  (Esser et al. 2024, SD3: 0, 1)  ``reduce`` sums or averages ℓ over the non-batch axes (score_sde's
 ``reduce_mean``); the batch is always averaged.  There is no ½ in front of the continuous
 loss (eq. 7 of Song et al. 2021); the discrete SMLD loss keeps NCSN's ½.
 
@@ -51,7 +64,8 @@ Array = Any
 ScoreFn = Callable[[Array, Array], Array]
 StaticScoreFn = Callable[[Array], Array]
 
-WEIGHTINGS = ("sigma2", "likelihood", "uniform", "min_snr", "p2")
+WEIGHTINGS = ("sigma2", "likelihood", "uniform", "min_snr", "p2", "edm", "velocity")
+NOISE_DISTRIBUTIONS = ("uniform_time", "lognormal", "logit_normal")
 REDUCTIONS = ("mean", "sum")
 TIME_SAMPLINGS = ("uniform", "stratified", "antithetic")
 ISM_ESTIMATORS = ("exact", "hutchinson")
@@ -112,9 +126,44 @@ def _check_time_sampling(time_sampling: str, batch_size: int) -> None:
     raise ValueError(f"time_sampling='antithetic' pairs u with 1 - u and needs an even batch size, got {batch_size}.")
 
 
+def _check_noise_distribution(noise_distribution: str, importance_sampling: bool, p_std: Any, logit_std: Any) -> None:
+  _check_choice("noise_distribution", noise_distribution, NOISE_DISTRIBUTIONS)
+  if importance_sampling and noise_distribution != "uniform_time":
+    raise ValueError(f"importance_sampling=True draws t from g²/s² itself; it cannot be combined with "
+                     f"noise_distribution={noise_distribution!r} (use 'uniform_time').")
+  _check_number("p_std", p_std, 0.0, strict=True)
+  _check_number("logit_std", logit_std, 0.0, strict=True)
+
+
 def likelihood_is_normalizer(sde: sde_lib.SDE) -> Array:
   """Z = ∫ g(t)²/s(t)² dt over [train_eps, T], the normaliser of the importance density of t."""
   return sde.is_potential(jnp.float32(sde.T)) - sde.is_potential(jnp.float32(sde.train_eps))
+
+
+def _truncated_inverse_cdf(u: Array, lo: Array, hi: Array, mean: float, std: float) -> Array:
+  """Maps u ∈ [0, 1) to N(mean, std²) truncated to [lo, hi] by its inverse CDF."""
+  cdf = lambda z: jax.scipy.special.ndtr((z - mean) / std)
+  p = cdf(lo) + u * (cdf(hi) - cdf(lo))
+  return jnp.clip(mean + std * jax.scipy.special.ndtri(p), lo, hi)
+
+
+def _times_from_uniforms(sde: sde_lib.SDE, u: Array, noise_distribution: str, p_mean: float, p_std: float,
+                         logit_mean: float, logit_std: float) -> Array:
+  lo_t, hi_t = sde.train_eps, sde.T
+  if noise_distribution == "uniform_time":
+    return lo_t + (hi_t - lo_t) * u
+  if noise_distribution == "lognormal":
+    # EDM's training σ (Karras et al. 2022, sec. 5, "Loss weighting and sampling").
+    with jax.ensure_compile_time_eval():
+      lo, hi = (float(jnp.log(sde.noise_level(jnp.float32(v)))) for v in (lo_t, hi_t))
+    sigma = jnp.exp(_truncated_inverse_cdf(u, lo, hi, p_mean, p_std))
+    t = sde.time_from_noise_level(sigma)
+  else:
+    # SD3's logit-normal t (Esser et al. 2024, "Scaling Rectified Flow Transformers", sec. 3.1).
+    logit = lambda v: math.log(v / sde.T) - math.log1p(-v / sde.T)
+    upper = logit(hi_t) if hi_t < sde.T else math.inf
+    t = sde.T * jax.nn.sigmoid(_truncated_inverse_cdf(u, logit(lo_t), upper, logit_mean, logit_std))
+  return jnp.clip(t, lo_t, hi_t)
 
 
 def sample_times(
@@ -124,6 +173,11 @@ def sample_times(
     *,
     time_sampling: str = "uniform",
     importance_sampling: bool = False,
+    noise_distribution: str = "uniform_time",
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
     dtype=jnp.float32,
 ) -> Array:
   """Training times in [sde.train_eps, sde.T] (score_sde's ``eps``, 1e-5, also for VP / sub-VP,
@@ -137,15 +191,20 @@ def sample_times(
       "antithetic" (the second half of the batch is 1 − u of the first; B even).
     importance_sampling: draw t with density ∝ g(t)²/s(t)² instead of uniformly, by
       inverting the exact CDF (is_potential(t) − is_potential(train_eps))/Z.
+    noise_distribution: one of NOISE_DISTRIBUTIONS (module docstring), the law that u is
+      pushed through; "uniform_time" unless importance_sampling.
+    p_mean, p_std: "lognormal"'s mean and std of ln σ̃.
+    logit_mean, logit_std: "logit_normal"'s mean and std of logit(t/T).
     dtype: float dtype of the result.
 
   Returns:
     t: [B].
   """
   _check_time_sampling(time_sampling, batch_size)
+  _check_noise_distribution(noise_distribution, importance_sampling, p_std, logit_std)
   u = _uniforms(key, batch_size, time_sampling, dtype)
   if not importance_sampling:
-    return sde.train_eps + (sde.T - sde.train_eps) * u
+    return _times_from_uniforms(sde, u, noise_distribution, p_mean, p_std, logit_mean, logit_std).astype(dtype)
   # Importance sampling of t for likelihood weighting (Song et al. 2021b, sec. 5).
   lo = sde.is_potential(jnp.float32(sde.train_eps))
   target = lo + u * likelihood_is_normalizer(sde)
@@ -161,6 +220,7 @@ def dsm_weight(
     min_snr_gamma: float = 5.0,
     p2_k: float = 1.0,
     p2_gamma: float = 1.0,
+    sigma_data: float = 0.5,
 ) -> Array:
   """The weight w(t) of the noise error ‖s·score + z‖² for a named weighting (table above).
 
@@ -171,6 +231,7 @@ def dsm_weight(
     min_snr_gamma: γ of min-SNR-γ.
     p2_k: k of P2.
     p2_gamma: γ of P2.
+    sigma_data: σ_d of "edm".
 
   Returns:
     w: [B].
@@ -179,6 +240,14 @@ def dsm_weight(
   t = jnp.asarray(t)
   if weighting == "sigma2":
     return jnp.ones_like(t)
+  if weighting == "edm":
+    # EDM's λ(σ) = (σ² + σ_d²)/(σ σ_d)² of the denoiser error, times σ² (Karras et al. 2022, eq. 8).
+    _check_number("sigma_data", sigma_data, 0.0, strict=True)
+    return 1.0 + (sde.noise_level(t) / sigma_data) ** 2
+  if weighting == "velocity":
+    # ‖û − u‖² = ((m ṡ − s ṁ)/m)² ‖ε̂ − z‖² (module docstring).
+    m, s = sde.mean_coeff(t), sde.marginal_std(t)
+    return ((m * sde.marginal_std_derivative(t) - s * sde.mean_coeff_derivative(t)) / m) ** 2
   if weighting == "likelihood":
     return (sde.diffusion(t) / sde.marginal_std(t)) ** 2
   if weighting == "uniform":
@@ -225,6 +294,12 @@ def dsm_loss(
     min_snr_gamma: float = 5.0,
     p2_k: float = 1.0,
     p2_gamma: float = 1.0,
+    sigma_data: float = 0.5,
+    noise_distribution: str = "uniform_time",
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
     rows: Callable[[Array], Array] | None = None,
 ) -> Array:
   """Continuous denoising score matching, mean over the batch of w(t)·ℓ(x, t, z).
@@ -246,6 +321,10 @@ def dsm_loss(
     min_snr_gamma: γ of the "min_snr" weighting.
     p2_k: k of the "p2" weighting.
     p2_gamma: γ of the "p2" weighting.
+    sigma_data: σ_d of the "edm" weighting (and of the "edm" parametrization: give both the
+      same value).
+    noise_distribution, p_mean, p_std, logit_mean, logit_std: the law of the training noise
+      levels (``sample_times``); EDM's recipe is weighting="edm" with "lognormal".
     rows: None, or a map [B, ...] -> [B', ...] picking one micro-batch (module docstring).
 
   Returns:
@@ -258,12 +337,15 @@ def dsm_loss(
   if importance_sampling and weighting != "likelihood":
     raise ValueError(f"importance_sampling=True samples t for weighting='likelihood' only, got weighting={weighting!r}.")
   k_t, k_z = jax.random.split(key)
-  t = sample_times(k_t, sde, x.shape[0], time_sampling=time_sampling, importance_sampling=importance_sampling, dtype=x.dtype)
+  t = sample_times(k_t, sde, x.shape[0], time_sampling=time_sampling, importance_sampling=importance_sampling,
+                   noise_distribution=noise_distribution, p_mean=p_mean, p_std=p_std, logit_mean=logit_mean,
+                   logit_std=logit_std, dtype=x.dtype)
   z = jax.random.normal(k_z, x.shape, x.dtype)
   if importance_sampling:
     w = likelihood_is_normalizer(sde) / (sde.T - sde.train_eps)
   else:
-    w = dsm_weight(sde, t, weighting=weighting, min_snr_gamma=min_snr_gamma, p2_k=p2_k, p2_gamma=p2_gamma)
+    w = dsm_weight(sde, t, weighting=weighting, min_snr_gamma=min_snr_gamma, p2_k=p2_k, p2_gamma=p2_gamma,
+                   sigma_data=sigma_data)
   return _batch_mean_of_errors(sde, score_fn, x, t, z, w, reduce, rows)
 
 

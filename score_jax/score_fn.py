@@ -4,6 +4,31 @@
 every loss and sampler of score_jax takes (EDM's preconditioning wrappers play the same
 role around their U-Nets).
 
+What the network predicts (``PARAMETRIZATIONS``), for x = x(t) = m(t) x(0) + s(t) ε:
+
+    "noise"     ε̂                       score = −ε̂ / s
+    "score"     ∇log p_t(x)              score = out
+    "data"      x̂(0) = E[x(0) | x]        score = (m x̂(0) − x) / s²
+    "velocity"  û = m' x̂(0) + s' ε̂        the conditional flow dx/dt of the path; for rectified
+                                         flow û = ε̂ − x̂(0) (Liu et al. 2023; Lipman et al. 2023)
+    "edm"       F of EDM's preconditioned denoiser (below)
+
+``to_score`` and ``from_score`` are the one place that converts between these predictions;
+every loss, sampler, likelihood and guidance sees the score.
+
+EDM preconditioning (Karras et al., "Elucidating the Design Space of Diffusion-Based
+Generative Models", NeurIPS 2022, Table 1 and App. B.6), under any linear SDE: x̃ = x/m(t)
+is the data plus N(0, σ²) noise with σ = σ̃(t) = s(t)/m(t), and
+
+    D(x̃; σ) = c_skip(σ) x̃ + c_out(σ) F(c_in(σ) x̃, cond),
+    c_skip = σ_d²/(σ² + σ_d²),  c_out = σ σ_d/√(σ² + σ_d²),  c_in = 1/√(σ² + σ_d²),
+    c_noise = ¼ ln σ  (conditioning "log_sigma"),
+
+with σ_d = ``sigma_data``; the score in x is (D − x̃)/(σ² m), computed as
+(c_out F/σ² − x̃/(σ² + σ_d²))/m so that it stays accurate as σ → 0.  With VE (m = 1) this is
+EDM's own network; with VP / sub-VP / rectified flow the network sees x/m, as EDM's VP
+preconditioning in its σ(t) form.
+
 What the network is conditioned on is chosen here too (``CONDITIONINGS``): the SDE time t
 (the MLP and U-Net), the noise level σ̃(t) = s(t)/m(t) (NCSN++'s Fourier embedding, which
 takes the log inside; for VE σ̃ is the marginal std), or score_sde's 999·t for DDPM++'s
@@ -34,10 +59,11 @@ Array = Any
 ApplyFn = Callable[[Any, Array, Array], Array]
 ScoreFn = Callable[[Array, Array], Array]
 
-PARAMETRIZATIONS = ("noise", "score")
+PARAMETRIZATIONS = ("noise", "score", "data", "velocity", "edm")
 CONDITIONINGS = {
     "time": lambda sde, t: t,
     "sigma": lambda sde, t: sde.noise_level(t),
+    "log_sigma": lambda sde, t: 0.25 * jnp.log(sde.noise_level(t)),  # EDM's c_noise
     "ddpm_step": lambda sde, t: 999.0 * t / sde.T,
     "score_sde": lambda sde, t: score_sde_cond(sde, t),
 }
@@ -75,8 +101,73 @@ def score_sde_score(sde: sde_lib.SDE, out: Array, t: Array) -> Array:
   return -out / sde_lib.bcast(sde.marginal_std(t), out)
 
 
+# --- predictions <-> score ----------------------------------------------------------------
+PREDICTIONS = ("noise", "score", "data", "velocity")
+
+
+def _coefficients(sde: sde_lib.SDE, t: Array, x: Array) -> tuple[Array, Array]:
+  return sde_lib.bcast(sde.mean_coeff(t), x), sde_lib.bcast(sde.marginal_std(t), x)
+
+
+def _check_prediction(prediction: str) -> None:
+  if prediction not in PREDICTIONS:
+    raise ValueError(f"Unknown prediction {prediction!r}; choose one of {list(PREDICTIONS)}.")
+
+
+def to_score(sde: sde_lib.SDE, prediction: str, x: Array, t: Array, out: Array) -> Array:
+  """The score ∇log p_t(x) that a prediction ``out`` of kind ``prediction`` implies at (x, t).
+
+  Args:
+    sde: the forward SDE (m, s and their derivatives).
+    prediction: one of ``PREDICTIONS`` (module docstring).
+    x: the state x(t) [B, ...].
+    t: times [B] (or a scalar).
+    out: the prediction [B, ...].
+
+  Returns:
+    [B, ...] the score.
+  """
+  _check_prediction(prediction)
+  if prediction == "score":
+    return out
+  m, s = _coefficients(sde, t, x)
+  if prediction == "noise":
+    return -out / s
+  if prediction == "data":
+    return (m * out - x) / s**2
+  # velocity û = m' x̂0 + s' ε̂ with m x̂0 + s ε̂ = x: ε̂ = (m û − m' x)/(m s' − s m').
+  dm, ds = (sde_lib.bcast(c, x) for c in (sde.mean_coeff_derivative(t), sde.marginal_std_derivative(t)))
+  noise = (m * out - dm * x) / (m * ds - s * dm)
+  return -noise / s
+
+
+def from_score(sde: sde_lib.SDE, prediction: str, x: Array, t: Array, score: Array) -> Array:
+  """The prediction of kind ``prediction`` that the score ``score`` implies at (x, t); the
+  inverse of ``to_score`` (same arguments)."""
+  _check_prediction(prediction)
+  if prediction == "score":
+    return score
+  m, s = _coefficients(sde, t, x)
+  noise = -s * score
+  if prediction == "noise":
+    return noise
+  data = (x - s * noise) / m  # Tweedie's formula, E[x(0) | x(t)]
+  if prediction == "data":
+    return data
+  dm, ds = (sde_lib.bcast(c, x) for c in (sde.mean_coeff_derivative(t), sde.marginal_std_derivative(t)))
+  return dm * data + ds * noise
+
+
+def edm_coefficients(sigma: Array, sigma_data: float) -> tuple[Array, Array, Array, Array]:
+  """EDM's preconditioning (Karras et al. 2022, Table 1): (c_skip, c_out, c_in, c_noise) at σ."""
+  sigma = jnp.asarray(sigma)
+  total = sigma**2 + sigma_data**2
+  return sigma_data**2 / total, sigma * sigma_data / jnp.sqrt(total), 1.0 / jnp.sqrt(total), 0.25 * jnp.log(sigma)
+
+
 def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametrization: str = "noise",
-                 conditioning: str = "time", labels: Array | None = None, centered: bool = True) -> ScoreFn:
+                 conditioning: str = "time", labels: Array | None = None, centered: bool = True,
+                 sigma_data: float = 0.5) -> ScoreFn:
   """Turns a network into a score function ∇log p_t(x).
 
   Parametrizations:
@@ -85,6 +176,9 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
       sign folded into the network); for VP / sub-VP it is DDPM's −ε / std (Song et al. 2021,
       App. C; Ho et al. 2020).
     * "score": the network output is the score itself.
+    * "data", "velocity": x(0)- and flow-prediction, converted by ``to_score``.
+    * "edm": EDM's preconditioning with ``sigma_data`` (module docstring): the network sees
+      c_in x/m(t) and its output is F.
 
   Args:
     sde: the forward SDE (supplies s(t) = ``sde.marginal_std``).
@@ -92,12 +186,14 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
     params: the network's variables, passed as the first argument of ``apply_fn``.
     parametrization: one of ``PARAMETRIZATIONS``.
     conditioning: what the network receives as its second argument: one of
-      ``CONDITIONINGS`` ("time": t; "sigma": σ̃(t) = s(t)/m(t); "ddpm_step": 999·t/T;
+      ``CONDITIONINGS`` ("time": t; "sigma": σ̃(t) = s(t)/m(t); "log_sigma": ¼ ln σ̃(t), EDM's
+      c_noise; "ddpm_step": 999·t/T;
       "score_sde": score_sde's convention, see the module docstring — it also fixes how the
       output becomes a score, whatever ``parametrization`` says).
     labels: optional class labels [B], passed as ``apply_fn(params, x, cond, labels)``.
     centered: whether the data live in [−1, 1]; with "score_sde" and ``centered=False`` the
       network receives 2x − 1, as score_sde's NCSN++ computed inside.  Ignored otherwise.
+    sigma_data: σ_d of the "edm" parametrization (EDM: 0.5 for data in [−1, 1]).
 
   Returns:
     ``score_fn(x [B, ...], t [] or [B]) -> [B, ...]``; t is broadcast to [B] before it
@@ -108,6 +204,8 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
   """
   if parametrization not in PARAMETRIZATIONS:
     raise ValueError(f"Unknown parametrization {parametrization!r}; choose one of {list(PARAMETRIZATIONS)}.")
+  if parametrization == "edm" and not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
+    raise ValueError(f"sigma_data must be a number > 0 for parametrization 'edm', got {sigma_data!r}.")
   if conditioning not in CONDITIONINGS:
     raise ValueError(f"Unknown conditioning {conditioning!r}; choose one of {list(CONDITIONINGS)}.")
   cond_of = CONDITIONINGS[conditioning]
@@ -126,6 +224,18 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
       out, t = network(x, t)
       return score_sde_score(sde, out, t)
 
+  elif parametrization == "edm":
+
+    def score_fn(x: Array, t: Array) -> Array:
+      t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])  # [B]
+      m = sde_lib.bcast(sde.mean_coeff(t), x)
+      sigma = sde.noise_level(t)  # [B]
+      _, c_out, c_in, _ = (sde_lib.bcast(c, x) for c in edm_coefficients(sigma, sigma_data))
+      x_scaled = x / m
+      out, _ = network(c_in * x_scaled, t)
+      s2 = sde_lib.bcast(sigma, x) ** 2
+      return (c_out * out / s2 - x_scaled / (s2 + sigma_data**2)) / m
+
   elif parametrization == "score":
 
     def score_fn(x: Array, t: Array) -> Array:
@@ -135,6 +245,6 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
 
     def score_fn(x: Array, t: Array) -> Array:
       out, t = network(x, t)  # [B, ...], [B]
-      return -out / sde_lib.bcast(sde.marginal_std(t), out)
+      return to_score(sde, parametrization, x, t, out)
 
   return score_fn

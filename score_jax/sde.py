@@ -17,6 +17,11 @@ Conventions (all exact, no approximations):
   The prior is N(0, σ_max² I).
 * VP  (eq. 32): f = −β(t)/2, g = √β(t), m = e^{−B/2}, s² = 1 − e^{−B}, with B(t) = ∫₀ᵗ β.
 * sub-VP (eq. 34): f = −β(t)/2, g = √(β(t)(1 − e^{−2B})), m = e^{−B/2}, s = 1 − e^{−B}.
+* rectified flow (Liu et al., "Flow Straight and Fast", ICLR 2023; the linear path of Lipman
+  et al., "Flow Matching for Generative Modeling", ICLR 2023): x(t) = (1 − t) x(0) + t ε, so
+  m = 1 − t, s = t, f = −1/(1 − t), g² = 2t/(1 − t).  The drift is singular at t = 1, where
+  x(1) = ε exactly; T is therefore kept below 1 (default 0.999, σ̃(T) = 999) and the prior
+  is N(0, T² I), the marginal at T without the data's (1 − T)² share.
 """
 
 from __future__ import annotations
@@ -108,6 +113,15 @@ class SDE:
   def marginal_std(self, t: Array) -> Array:
     """s(t): Std[x(t) | x(0)] = s(t) per coordinate."""
     raise NotImplementedError
+
+  def mean_coeff_derivative(self, t: Array) -> Array:
+    """m'(t) = f(t) m(t)."""
+    return self.drift_coeff(t) * self.mean_coeff(t)
+
+  def marginal_std_derivative(self, t: Array) -> Array:
+    """s'(t) = f(t) s(t) + g(t)²/(2 s(t)), from d(s²)/dt = 2 f s² + g²."""
+    s = self.marginal_std(t)
+    return self.drift_coeff(t) * s + 0.5 * self.diffusion(t) ** 2 / s
 
   def transition_coeffs(self, t_from: Array, t_to: Array) -> tuple[Array, Array]:
     """(a, q) with x(t_to) | x(t_from) ~ N(a x(t_from), q I) for t_from ≤ t_to.
@@ -395,11 +409,78 @@ class SubVPSDE(_BetaSDE):
     return b + 2.0 * jnp.log(-jnp.expm1(-b))
 
 
-SDES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
+@dataclasses.dataclass(frozen=True)
+class RectifiedFlowSDE(SDE):
+  """Rectified flow as a forward SDE: the marginals of x(t) = (1 − t) x(0) + t ε.
+
+  Its probability-flow ODE is the flow dx/dt = E[ε − x(0) | x(t)], the velocity a
+  rectified-flow network predicts (``score_fn`` parametrization "velocity"); the reverse SDE
+  exists on [eps, T] only, its g² = 2t/(1 − t) growing without bound towards t = 1.  T < 1 is
+  required: at t = 1 the score form of the drift is 0/0 (the velocity form is finite), and
+  σ̃(T) = T/(1 − T) is the largest noise level the samplers see.
+  """
+
+  T: float = 0.999
+  eps: float = 1e-3
+  train_eps: float = 1e-5
+  name: str = dataclasses.field(default="rectified_flow", init=False)
+
+  def __post_init__(self):
+    _require(self.T < 1.0, f"RectifiedFlowSDE.T must be < 1, got {self.T}: the drift −x/(1 − t) is singular at t = 1 "
+             "(x(1) is pure noise); the usual value is 0.999.")
+    self._check_times()
+
+  def drift_coeff(self, t):
+    return -1.0 / (1.0 - jnp.asarray(t, float))
+
+  def diffusion(self, t):
+    t = jnp.asarray(t, float)
+    return jnp.sqrt(2.0 * t / (1.0 - t))
+
+  def mean_coeff(self, t):
+    return 1.0 - jnp.asarray(t, float)
+
+  def marginal_std(self, t):
+    return jnp.asarray(t, float) * 1.0
+
+  def mean_coeff_derivative(self, t):
+    return -jnp.ones_like(jnp.asarray(t, float))
+
+  def marginal_std_derivative(self, t):
+    return jnp.ones_like(jnp.asarray(t, float))
+
+  def transition_coeffs(self, t_from, t_to):
+    # a = (1 − t_to)/(1 − t_from); q = t_to² − a² t_from², factored so that t_to ≈ t_from
+    # does not cancel: q = (t_to − t_from)(t_to + t_from − 2 t_to t_from)/(1 − t_from)².
+    a = (1.0 - t_to) / (1.0 - t_from)
+    q = (t_to - t_from) * (t_to + t_from - 2.0 * t_to * t_from) / (1.0 - t_from) ** 2
+    return a, q
+
+  def is_potential(self, t):
+    # g²/s² = 2/(t(1 − t)), whose antiderivative is 2 logit(t).
+    t = jnp.asarray(t, float)
+    return 2.0 * (jnp.log(t) - jnp.log1p(-t))
+
+  def log_snr(self, t):
+    t = jnp.asarray(t, float)
+    return 2.0 * (jnp.log1p(-t) - jnp.log(t))
+
+  def time_from_noise_level(self, sigma):
+    sigma = jnp.asarray(sigma, float)
+    return sigma / (1.0 + sigma)  # σ̃ = t/(1 − t)
+
+  @property
+  def prior_std(self) -> float:
+    # x(T) = (1 − T) x(0) + T ε: the prior N(0, T² I) neglects the data's share (1 − T)² Var x(0)
+    # (2.5e-7 for data of std 0.5 at T = 0.999), which N(0, I) would overstate 8000-fold.
+    return self.T
+
+
+SDES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE, "rectified_flow": RectifiedFlowSDE}
 
 
 def get_sde(name: str, **kwargs) -> SDE:
-  """Builds an SDE by name ("ve", "vp", "subvp"); ``schedule`` may be a schedule name with
+  """Builds an SDE by name ("ve", "vp", "subvp", "rectified_flow"); ``schedule`` may be a schedule name with
   ``schedule_kwargs`` for VP / sub-VP, e.g. ``get_sde("vp", schedule="cosine")``."""
   if name not in SDES:
     raise ValueError(f"Unknown SDE {name!r}; choose one of {sorted(SDES)}.")
@@ -407,8 +488,8 @@ def get_sde(name: str, **kwargs) -> SDE:
   sched = kwargs.pop("schedule", None)
   sched_kwargs = dict(kwargs.pop("schedule_kwargs", None) or {})
   if isinstance(sched, str):
-    if name == "ve":
-      raise ValueError("schedule applies to VP and sub-VP SDEs only; remove it for 've'.")
+    if name not in ("vp", "subvp"):
+      raise ValueError(f"schedule applies to VP and sub-VP SDEs only; remove it for {name!r}.")
     if sched == "linear" and not sched_kwargs:
       sched = None
     else:

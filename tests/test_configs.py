@@ -1,5 +1,6 @@
 """Every config file imports, validates and builds at smoke size; full sizes are checked abstractly."""
 
+import functools
 import importlib.util
 import pathlib
 
@@ -14,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.py")
                  if p.name not in ("__init__.py", "common.py"))
 EMBEDDED = ("configs/ve/digits.py", "configs/ve/digits_cond.py", "configs/vp/digits.py", "configs/ve/shapes_32.py",
-            "configs/ve/shapes_16.py", "configs/toy/gmm2d.py")
+            "configs/ve/shapes_16.py", "configs/toy/gmm2d.py", "configs/edm/digits.py", "configs/rf/digits.py")
 
 
 def load(path: str, variant: str = ""):
@@ -25,11 +26,12 @@ def load(path: str, variant: str = ""):
 
 
 def test_every_config_is_listed():
-  assert len(CONFIGS) == 16, CONFIGS
+  assert len(CONFIGS) == 20, CONFIGS
   for name in ("configs/default_ve.py", "configs/default_vp.py", "configs/default_subvp.py", "configs/ve/afhq_512.py",
                "configs/ve/cifar10_ncsnpp_continuous.py", "configs/ve/celebahq_256.py", "configs/ve/ffhq_1024.py",
                "configs/ve/church_256.py", "configs/vp/cifar10_ddpmpp_continuous.py",
-               "configs/subvp/cifar10_ddpmpp_continuous.py", *EMBEDDED):
+               "configs/subvp/cifar10_ddpmpp_continuous.py", "configs/edm/cifar10_ddpmpp.py", "configs/rf/cifar10.py",
+               *EMBEDDED):
     assert name in CONFIGS
 
 
@@ -76,6 +78,15 @@ def test_afhq_512_parameter_count_without_allocating():
   assert count == pytest.approx(105.7e6, rel=0.002)
 
 
+@pytest.mark.parametrize("path,count", [("configs/edm/cifar10_ddpmpp.py", 55_732_739), ("configs/rf/cifar10.py", 61_804_419)])
+def test_recipe_cifar10_parameter_counts(path, count):
+  """EDM's DDPM++ config F has 55.73M parameters (Karras et al. 2022, Table 7); the rectified flow's
+  DDPM++ is score_sde's, 61.8M."""
+  _, config = load(path)
+  model, channels = _full_size_model(config)
+  assert _count(model, 32, channels) == count
+
+
 @pytest.mark.parametrize("path", [c for c in CONFIGS if c not in EMBEDDED and "afhq" not in c])
 def test_full_size_models_trace(path):
   _, config = load(path)
@@ -98,6 +109,12 @@ def test_embedded_configs_build_at_full_size(path):
   _, config = load(path)
   setup = experiment.build(config)
   shapes = {"digits": (8, 8, 1), "digits_cond": (8, 8, 1), "shapes_32": (32, 32, 3), "shapes_16": (16, 16, 3)}
+  if path.startswith(("configs/edm/", "configs/rf/")):
+    # The recipe configs keep configs/ve/digits.py's network, batch, optimizer and steps.
+    _, ve = load("configs/ve/digits.py")
+    for section in ("model.network", "optim", "training.batch_size", "training.num_steps", "model.ema_rate"):
+      get = lambda c: functools.reduce(getattr, section.split("."), c)
+      assert get(config) == get(ve), section
   assert setup.data_shape == shapes[path.split("/")[-1][:-3]]
 
 

@@ -24,7 +24,8 @@ LN2 = math.log(2.0)
 BAR = 0.01  # the bar: bits/dim of a dataset within 0.01 of the closed form
 POINT_TOL = 2e-3  # bits/dim, per point, against the exact model density
 GAUSS = toy.Gaussian(mean=[0.5, -1.0, 0.2], cov=[[1.0, 0.6, 0.1], [0.6, 0.8, -0.2], [0.1, -0.2, 0.3]])
-DEFAULT_SDES = {"ve": sde_lib.VESDE(), "vp": sde_lib.VPSDE(), "subvp": sde_lib.SubVPSDE()}
+DEFAULT_SDES = {"ve": sde_lib.VESDE(), "vp": sde_lib.VPSDE(), "subvp": sde_lib.SubVPSDE(),
+                "rectified_flow": sde_lib.RectifiedFlowSDE()}
 
 
 def to_bits(nats, d):
@@ -46,9 +47,9 @@ def model_logp(target, sde, x, z):
 
 
 # --- 1. Gaussians under their exact score --------------------------------------------------------
-@pytest.mark.parametrize("sde_name,target", [("ve", GAUSS), ("vp", GAUSS), ("subvp", GAUSS),
+@pytest.mark.parametrize("sde_name,target", [("ve", GAUSS), ("vp", GAUSS), ("subvp", GAUSS), ("rectified_flow", GAUSS),
                                              ("vp", toy.correlated_gaussian(dim=16, seed=1))],
-                         ids=["ve-3d", "vp-3d", "subvp-3d", "vp-16d"])
+                         ids=["ve-3d", "vp-3d", "subvp-3d", "rf-3d", "vp-16d"])
 def test_gaussian_bits_per_dim_matches_closed_form(sde_name, target):
   sde = DEFAULT_SDES[sde_name]
   score = target.score_fn(sde)

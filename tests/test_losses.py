@@ -208,6 +208,7 @@ def test_dsm_weightings_match_hand_computation(name, reduce, weighting):
   t, z = (np.asarray(a, np.float64) for a in _draw(key, sde, x))
   np.testing.assert_array_equal(seen[0], t.astype(np.float32))  # the documented key split
   m, s, g2 = _numpy_coeffs(name, t)
+  f = np.zeros_like(t) if name == "ve" else -g2 / 2
   score = -(m[:, None] * np.asarray(x) + s[:, None] * z) * (1 + t[:, None])
   snr = m**2 / s**2
   # λ(t) weights the score error ‖score − ∇log p_0t‖² = ‖score + z/s‖² (not the ε error).
@@ -217,6 +218,10 @@ def test_dsm_weightings_match_hand_computation(name, reduce, weighting):
       "uniform": np.ones_like(t),
       "min_snr": s**2 * np.minimum(snr, 2.0) / snr,
       "p2": s**2 / (0.5 + snr) ** 0.7,
+      # EDM's λ(σ) = (σ² + σ_d²)/(σ σ_d)² of ‖D − x(0)‖² = σ² s² ‖score + z/s‖², σ = s/m, σ_d = 0.5.
+      "edm": s**2 * ((s / m) ** 2 + 0.25) / 0.25,
+      # ‖û − (ṁ x(0) + ṡ z)‖² with ṁ = f m, ṡ = f s + g²/(2s); f = 0 (VE), −β/2 = −g²/2 (VP).
+      "velocity": s**2 * ((m * (f * s + g2 / (2 * s)) - s * f * m) / m) ** 2,
   }[weighting]
   err = (score + z / s[:, None]) ** 2
   err = err.mean(axis=-1) if reduce == "mean" else err.sum(axis=-1)

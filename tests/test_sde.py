@@ -459,7 +459,8 @@ def test_get_sde():
   assert float(quad.beta(1.0)) == pytest.approx(10.0)
   obj = sched_lib.SigmoidSchedule()
   assert sde_lib.get_sde("vp", schedule=obj).schedule is obj
-  assert set(sde_lib.SDES) == {"ve", "vp", "subvp"}
+  assert set(sde_lib.SDES) == {"ve", "vp", "subvp", "rectified_flow"}
+  assert sde_lib.get_sde("rectified_flow") == sde_lib.RectifiedFlowSDE()
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,7 @@ def test_nonfinite_loss_stops_and_names_the_step(tmp_path):
     ("sde.name", "foo", "config.sde"),
     ("sampling.method", "bogus", "config.sampling"),
     ("model.parametrization", "eps", "config.model.parametrization"),
-    ("model.conditioning", "log_sigma", "config.model.conditioning"),
+    ("model.conditioning", "log_time", "config.model.conditioning"),
 ])
 def test_bad_config_values_name_the_field(tmp_path, field, value, message):
   config = _smoke_config()
@@ -145,7 +145,7 @@ def test_score_fn_parametrizations(sde):
   # A scalar t reaches the network as [B].
   np.testing.assert_allclose(raw(x, 0.5), 2.0 * x + 0.5, rtol=1e-6)
   with pytest.raises(ValueError, match="parametrization"):
-    score_fn_lib.get_score_fn(sde, apply_fn, 2.0, parametrization="velocity")
+    score_fn_lib.get_score_fn(sde, apply_fn, 2.0, parametrization="eps_hat")
 
 
 @pytest.mark.parametrize("sde", [sde_lib.VESDE(), sde_lib.VPSDE()], ids=["ve", "vp"])
@@ -159,12 +159,13 @@ def test_score_fn_conditioning_and_labels(sde):
   np.testing.assert_allclose(got["time"], t, rtol=1e-6)
   np.testing.assert_allclose(got["sigma"], sde.marginal_std(t) / sde.mean_coeff(t), rtol=1e-5)
   np.testing.assert_allclose(got["ddpm_step"], 999.0 * t, rtol=1e-6)
+  np.testing.assert_allclose(got["log_sigma"], 0.25 * np.log(sde.marginal_std(t) / sde.mean_coeff(t)), rtol=1e-5)
   with_labels = lambda params, x, cond, labels: x + labels[:, None]
   labels = jnp.array([3.0, 1.0, 7.0])
   out = score_fn_lib.get_score_fn(sde, with_labels, None, parametrization="score", labels=labels)(x, t)
   np.testing.assert_allclose(out[:, 0], labels)
   with pytest.raises(ValueError, match="conditioning"):
-    score_fn_lib.get_score_fn(sde, seen, None, conditioning="log_sigma")
+    score_fn_lib.get_score_fn(sde, seen, None, conditioning="log_time")
 
 
 # --- image training -----------------------------------------------------------------------

@@ -138,6 +138,16 @@ class GaussianMixture:
     """The exact score as ``score_fn(x, t)``, the signature every sampler takes."""
     return lambda x, t: self.score(x, t, sde)
 
+  def posterior_mean(self, x: Array, t: Array, sde: sde_lib.SDE) -> Array:
+    """The ideal denoiser E[x(0) | x(t) = x] [B, D] under ``sde``, computed per component
+    (μ_k + m σ_k²/(m² σ_k² + s²) (x − m μ_k), weighted by the posterior of k) rather than
+    from the score, so that it checks Tweedie's formula instead of restating it."""
+    m, s = self._coeffs(sde, x, t)
+    logp, diff, var = self._component_logp(x, m, s)
+    resp = jax.nn.softmax(logp, axis=-1)  # [B, K]
+    gain = m[..., None, None] * self.stds**2 / var  # [B, K, D]
+    return jnp.einsum("...k,...kd->...d", resp, self.means + gain * diff)
+
   # --- exact references for controllable generation -----------------------------------
   def class_log_prob(self, x: Array, t: Array, sde: sde_lib.SDE) -> Array:
     """The exact noisy classifier log p_t(k | x) [B, K] of the components under ``sde``.

@@ -101,6 +101,7 @@ class Setup:
     centered: the data live in [−1, 1] (else [0, 1]); score_sde's convention needs it.
     pretrained: a converted published checkpoint (``score_jax.pretrained`` export) that
       sample / eval use instead of the workdir's checkpoints; "" for none.
+    sigma_data: σ_d of the "edm" parametrization and loss weighting (``config.model.sigma_data``).
   """
 
   sde: sde_lib.SDE
@@ -123,6 +124,7 @@ class Setup:
   centered: bool = True
   pretrained: str = ""
   grad_accum: int = 1
+  sigma_data: float = 0.5
 
   @property
   def data_shape(self) -> tuple[int, ...]:
@@ -139,7 +141,8 @@ class Setup:
     """``score_fn(x, t)`` of the network with ``params`` (labels bound when given)."""
     apply = functools.partial(self.apply, train=train, dropout_key=dropout_key)
     return score_fn_lib.get_score_fn(self.sde, apply, params, parametrization=self.parametrization,
-                                     conditioning=self.conditioning, labels=labels, centered=self.centered)
+                                     conditioning=self.conditioning, labels=labels, centered=self.centered,
+                                     sigma_data=self.sigma_data)
 
 
 def _validate_training(config: ConfigDict) -> None:
@@ -261,7 +264,14 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
   with config_field("config.optim"):
     tx = ts_lib.create_optimizer(as_dict(config.optim))
     lr_schedule = ts_lib.create_learning_rate_schedule(as_dict(config.optim))
+  sigma_data = config.model.get("sigma_data", 0.5)
+  check(isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool) and sigma_data > 0,
+        "config.model.sigma_data", f"must be a number > 0 (the data's standard deviation; EDM: 0.5), got {sigma_data!r}.")
   loss_options = as_dict(config.training.get("loss_options"))
+  check("sigma_data" not in loss_options, "config.training.loss_options.sigma_data",
+        "is taken from config.model.sigma_data (one value for the parametrization and the loss); remove it here.")
+  if loss_options.get("weighting") == "edm":
+    loss_options["sigma_data"] = float(sigma_data)
   loss_fn = functools.partial(LOSSES[config.training.loss], **loss_options)
   method = config.sampling.method
   with config_field(f"config.sampling.{method}" if method in sampling.METHODS else "config.sampling.method"):
@@ -274,7 +284,8 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
                 skip_nonfinite=bool(config.training.get("skip_nonfinite", False)), mesh=mesh,
                 sampling_method=method, sampling_options=options, seed=config.seed,
                 centered=bool(config.data.get("centered", True)) if isinstance(data, ImageData) else True,
-                pretrained=str(config.model.get("pretrained", "") or ""), grad_accum=accum)
+                pretrained=str(config.model.get("pretrained", "") or ""), grad_accum=accum,
+                sigma_data=float(sigma_data))
   # Trace (never compile) the loss, first with an exact-shape stand-in score, then with the
   # network: a wrong loss option or a network that does not return x's shape fails here.
   k = keys(config.seed)

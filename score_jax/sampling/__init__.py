@@ -18,8 +18,8 @@ documents them):
 
 * ``pc``          predictor ∈ PREDICTORS, corrector ∈ CORRECTORS, snr, n_steps (corrector
                   steps per level), num_steps, denoise                      (``pc.py``)
-* ``ode``         probability-flow ODE: solver ∈ {tsit5, dopri5, heun}, rtol, atol,
-                  num_steps (heun), max_steps, pcoeff/icoeff/dcoeff, denoise (``ode.py``)
+* ``ode``         probability-flow ODE: solver ∈ {tsit5, dopri5, heun, euler}, rtol, atol,
+                  num_steps and shift (heun, euler), max_steps, pcoeff/icoeff/dcoeff, denoise (``ode.py``)
 * ``ald``         NCSN annealed Langevin: num_steps (levels), n_steps_each, step_size
 * ``langevin``    Langevin dynamics at a fixed time: num_steps, step_size, t (``langevin.py``)
 * ``adaptive``    Gotta Go Fast adaptive SDE solver: rel_tol, abs_tol, data_range, h_init,

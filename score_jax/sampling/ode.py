@@ -23,19 +23,23 @@ SOLVERS = {
     "tsit5": (diffrax.Tsit5, 6, 1),
     "dopri5": (diffrax.Dopri5, 6, 1),
     "heun": (diffrax.Heun, 2, 0),
+    "euler": (diffrax.Euler, 1, 0),
 }
+FIXED_STEP = ("heun", "euler")
 
 
 def ode_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *, solver: str, rtol: float,
                atol: float, num_steps: int, max_steps: int, pcoeff: float, icoeff: float, dcoeff: float,
-               denoise: bool, constraint: constraints.Constraint = None) -> tuple[Array, Array]:
+               denoise: bool, shift: float = 1.0, constraint: constraints.Constraint = None) -> tuple[Array, Array]:
   """Integrates the probability-flow ODE from prior noise at T down to eps.
 
   ``solver`` "tsit5" / "dopri5" use a PID step-size controller with ``rtol``/``atol``;
-  "heun" takes ``num_steps`` fixed steps (2 NFE each).  A ``constraint`` (heun only: an
-  adaptive solver's step control cannot see a state that changes between its steps)
-  replaces the known coordinates after every step, the steps being diffrax's Heun steps
-  run one by one (``sampling.constraints``).
+  "heun" and "euler" take ``num_steps`` fixed steps (2 and 1 NFE each) on
+  ``common.time_grid(T, eps, num_steps, shift)`` — with the rectified-flow SDE, "euler" on a
+  uniform or shifted grid is the flow-matching sampler of Liu et al. 2023 and SD3.  A
+  ``constraint`` (fixed steps only: an adaptive solver's step control cannot see a state that
+  changes between its steps) replaces the known coordinates after every step, the steps
+  being diffrax's steps run one by one (``sampling.constraints``).
 
   Returns:
     samples [shape] and the number of score evaluations (a scalar array).
@@ -51,12 +55,12 @@ def ode_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
 
   solver_cls, nfe_per_step, nfe_start = SOLVERS[solver]
   if constraint is not None:
-    x = _heun_with_constraint(sde, vector_field, x_T, keys, num_steps, constraint)
+    x = _fixed_steps_with_constraint(sde, vector_field, solver_cls(), x_T, keys, num_steps, shift, constraint)
     if denoise:
       x = steps.denoise(sde, score_fn, x, common.full_t(sde.eps, n))
-    return constraints.finalize(constraint, x), jnp.asarray(2 * num_steps + int(denoise), jnp.int32)
-  if solver == "heun":
-    controller, dt0 = diffrax.ConstantStepSize(), -(sde.T - sde.eps) / num_steps
+    return constraints.finalize(constraint, x), jnp.asarray(nfe_per_step * num_steps + int(denoise), jnp.int32)
+  if solver in FIXED_STEP:
+    controller, dt0 = diffrax.StepTo(common.time_grid(sde.T, sde.eps, num_steps, shift)), None
   else:
     controller = diffrax.PIDController(rtol=rtol, atol=atol, pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff)
     dt0 = None
@@ -70,12 +74,12 @@ def ode_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
   return x, jnp.asarray(nfe, jnp.int32) + int(denoise)
 
 
-def _heun_with_constraint(sde: SDE, vector_field, x: Array, keys: jax.Array, num_steps: int,
-                          constraint: constraints.Replacement) -> Array:
-  """``num_steps`` diffrax Heun steps from T to eps, replacing the known coordinates after each."""
+def _fixed_steps_with_constraint(sde: SDE, vector_field, solver, x: Array, keys: jax.Array, num_steps: int,
+                                 shift: float, constraint: constraints.Replacement) -> Array:
+  """``num_steps`` diffrax steps from T to eps, replacing the known coordinates after each."""
   n = x.shape[0]
-  term, heun = diffrax.ODETerm(vector_field), diffrax.Heun()
-  ts = common.time_grid(sde.T, sde.eps, num_steps)
+  term, heun = diffrax.ODETerm(vector_field), solver
+  ts = common.time_grid(sde.T, sde.eps, num_steps, shift)
   x = constraints.project(constraint, sde, x, common.full_t(sde.T, n), keys, 0)
 
   def body(x, i):
@@ -87,20 +91,23 @@ def _heun_with_constraint(sde: SDE, vector_field, x: Array, keys: jax.Array, num
 
 def _check_constraint(sde: SDE, opts, constraint) -> None:
   options.no_resampling("ode")(sde, opts, constraint)
-  options.require(opts["solver"] == "heun",
+  options.require(opts["solver"] in FIXED_STEP,
                   f"sampling option solver={opts['solver']!r} is adaptive and cannot impose known coordinates "
-                  "(constraint): its error control never sees the replaced state; use solver='heun' with "
-                  "num_steps, or another method.")
+                  "(constraint): its error control never sees the replaced state; use solver='heun' or 'euler' "
+                  "with num_steps, or another method.")
 
 
 def _check(sde: SDE, opts) -> None:
   del sde
   options.choice(opts, "solver", SOLVERS)
-  options.positive(opts, "rtol", "atol")
+  options.positive(opts, "rtol", "atol", "shift")
   options.count(opts, "num_steps")
   options.count(opts, "max_steps")
+  options.require(opts["shift"] == 1.0 or opts["solver"] in FIXED_STEP,
+                  f"sampling option shift={opts['shift']!r} moves a fixed time grid; solver={opts['solver']!r} "
+                  "chooses its own steps: use solver='euler' or 'heun', or shift=1.")
 
 
 ODE_METHOD = options.Method(ode_sample, dict(
     solver="tsit5", rtol=1e-5, atol=1e-5, num_steps=100, max_steps=16384, pcoeff=0.0, icoeff=1.0, dcoeff=0.0,
-    denoise=True), _check, _check_constraint)
+    denoise=True, shift=1.0), _check, _check_constraint)
