@@ -11,12 +11,14 @@ each) and of ``HIGH_NFE`` (``--high_seeds``), and the FID of the best ≤ 50-NFE
 checkpoint.  FID uses the in-domain classifier features (``--mode=train_classifier``; trained
 into ``<root>/classifier`` if missing) against the 1500 training digits: compare rows with each
 other, not with published Inception FIDs.  Sample j of every recipe and sampler starts from
-``fold_in(key(seed), j)``.  Writes results.json, a table, and the FID-against-step plot into a
-new numbered folder under ``--out``.
+``fold_in(key(seed), j)``.  Each measured row is kept in ``<root>/<recipe>/recipe_fid.jsonl``, so
+a rerun (or a run over another --recipes subset) measures only what is missing.  Writes
+results.json, a table, and the FID-against-step plot into a new numbered folder under ``--out``.
 """
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -116,8 +118,22 @@ class Scorer:
     return float(features.quality_metrics(out["features"], out["logits"], self.real, self.opts)["fid"])
 
 
+def _cache_key(step: int, method: str, options: dict, seed: int, n: int) -> str:
+  return json.dumps([step, method, options, seed, n], sort_keys=True)
+
+
 def sample_fid(config, workdir: str, step: int, method: str, options: dict, seed: int, n: int,
                scorer: Scorer) -> dict[str, Any]:
+  """FID of n samples of the step's EMA parameters; rows already measured are read back from
+  ``<workdir>/recipe_fid.jsonl`` (a rerun or a later --recipes subset computes only what is new)."""
+  cache = os.path.join(workdir, "recipe_fid.jsonl")
+  key = _cache_key(step, method, options, seed, n)
+  if os.path.isfile(cache):
+    with open(cache) as f:
+      for line in f:
+        row = json.loads(line)
+        if row["key"] == key:
+          return row["result"]
   config = ml_collections.ConfigDict(config.to_dict())
   config.sampling.method = method
   config.sampling[method] = ml_collections.ConfigDict(options)
@@ -128,8 +144,11 @@ def sample_fid(config, workdir: str, step: int, method: str, options: dict, seed
   t0 = time.perf_counter()
   x, nfe = sampler_lib.make_sampler(setup, n)(found[1], jax.random.key(seed))
   seconds = time.perf_counter() - t0
-  return {"step": step, "method": method, "options": options, "seed": seed, "nfe": int(nfe), "num_samples": n,
-          "fid": scorer.fid(x, setup.data), "sample_time_s": seconds}
+  result = {"step": step, "method": method, "options": options, "seed": seed, "nfe": int(nfe), "num_samples": n,
+            "fid": scorer.fid(x, setup.data), "sample_time_s": seconds}
+  with open(cache, "a") as f:
+    f.write(json.dumps({"key": key, "result": result}) + "\n")
+  return result
 
 
 def best_low(rows: list[dict[str, Any]]) -> dict[str, Any]:
