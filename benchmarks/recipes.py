@@ -151,6 +151,35 @@ def sample_fid(config, workdir: str, step: int, method: str, options: dict, seed
   return result
 
 
+DENOISER_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # noise std in units of [−1, 1] data
+
+
+def denoiser_errors(config, workdir: str, step: int) -> dict[str, float]:
+  """Held-out denoising error per noise level, comparable across recipes: E‖x̂(0) − x(0)‖²/d in
+  [−1, 1] units at x̃ = x(0) + σ z for each σ of DENOISER_SIGMAS, x̂(0) = Tweedie's E[x(0) | x(t)] from
+  the recipe's score (``score_fn.from_score``), on the held-out split with one fixed noise draw."""
+  from score_jax import score_fn as score_fn_lib  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  setup = experiment.build(config)
+  _, params = params_lib.latest_ema_params(setup, workdir, step=step)
+  split = setup.data.load_split(setup.data.eval_split)
+  levels, _ = split.images_at(np.arange(len(split)))
+  lo, hi = setup.data.data_range
+  x0 = jnp.asarray(lo + (hi - lo) * levels.astype(np.float32) / (int(setup.data.info.levels) - 1))
+  scale = (hi - lo) / 2.0  # data units per [−1, 1] unit
+  z = jax.random.normal(jax.random.key(99), x0.shape)
+  score = setup.score_fn(params)
+
+  @jax.jit
+  def error(sigma):
+    t = jnp.full((x0.shape[0],), setup.sde.time_from_noise_level(sigma * scale))
+    x_t = setup.sde.perturb(x0, t, z)  # m(t)(x(0) + σ̃(t) z): σ̃(t) = σ in data units
+    x_hat = score_fn_lib.from_score(setup.sde, "data", x_t, t, score(x_t, t))
+    return jnp.mean(jnp.square((x_hat - x0) / scale))
+
+  return {f"{sigma:g}": float(error(jnp.float32(sigma))) for sigma in DENOISER_SIGMAS}
+
+
 def best_low(rows: list[dict[str, Any]]) -> dict[str, Any]:
   """The ≤ 50-NFE sampler with the lowest mean FID over seeds."""
   by_label: dict[str, list[float]] = {}
@@ -174,6 +203,16 @@ def table(results: dict[str, Any], markdown: bool) -> str:
   if markdown:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
                      ["| " + " | ".join(c) + " |" for c in lines])
+  return "\n".join("  ".join(c) for c in [head] + lines)
+
+
+def denoiser_table(results: dict[str, Any], markdown: bool) -> str:
+  head = ("recipe",) + tuple(f"σ={s:g}" for s in DENOISER_SIGMAS)
+  lines = [(RECIPES[n][0],) + tuple(f"{r['denoiser_error'][f'{s:g}']:.4f}" for s in DENOISER_SIGMAS)
+           for n, r in results["recipes"].items()]
+  if markdown:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                      ["| " + " | ".join(c) + " |" for c in lines])
   return "\n".join("  ".join(c) for c in [head] + lines)
 
 
@@ -238,9 +277,11 @@ def main() -> None:
                                                      args.num_samples, scorer)}
         print(f"{name} step {step} {best['label']}: FID {r['fid']:.2f}", flush=True)
         rec["curve"].append(r)
+    rec["denoiser_error"] = denoiser_errors(config, workdir, final)
+    print(f"{name} held-out denoiser error per σ ([−1, 1] units): {rec['denoiser_error']}", flush=True)
     results["recipes"][name] = rec
     outputs.write_json(os.path.join(out, "results.json"), results)  # after every recipe
-  text = table(results, args.markdown)
+  text = table(results, args.markdown) + "\n\n" + denoiser_table(results, args.markdown)
   with open(os.path.join(out, "table.md" if args.markdown else "table.txt"), "w") as f:
     f.write(text + "\n")
   if not args.no_curve:

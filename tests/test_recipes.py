@@ -372,3 +372,30 @@ def test_recipe_smoke_configs_train_resume_sample_and_eval(path, tmp_path):
   assert [r["step"] for r in records] == [4, 6]
   for r in records:
     assert np.isfinite(r["loss"]) and 0.0 < r["bpd"] < 20.0, r
+
+
+@pytest.mark.parametrize("path,field,value,message", [
+    ("configs/edm/digits.py", "model.sigma_data", -1.0, r"^config\.model\.sigma_data: must be a number > 0"),
+    ("configs/edm/digits.py", "training.loss_options.sigma_data", 0.3,
+     r"^config\.training\.loss_options\.sigma_data: is taken from config\.model\.sigma_data"),
+    ("configs/edm/digits.py", "training.loss_options.noise_distribution", "normal",
+     r"^config\.training\.loss_options.*noise_distribution='normal'"),
+    ("configs/rf/digits.py", "sde.rectified_flow.T", 1.0, r"^config\.sde.*T must be < 1"),
+])
+def test_bad_recipe_fields_are_one_line_naming_the_field(path, field, value, message):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from score_jax import experiment  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(path.replace("/", "_")[:-3],
+                                                pathlib.Path(__file__).resolve().parents[1] / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("smoke")
+  *parents, name = field.split(".")
+  section = config
+  for p in parents:
+    section = section[p]
+  section[name] = value
+  with pytest.raises(experiment.ConfigError, match=message) as info:
+    experiment.build(config)
+  assert "\n" not in str(info.value)
