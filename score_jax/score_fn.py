@@ -17,7 +17,7 @@ What the network predicts (``PARAMETRIZATIONS``), for x = x(t) = m(t) x(0) + s(t
 every loss, sampler, likelihood and guidance sees the score.
 
 EDM preconditioning (Karras et al., "Elucidating the Design Space of Diffusion-Based
-Generative Models", NeurIPS 2022, Table 1 and App. B.6), under any linear SDE: x̃ = x/m(t)
+Generative Models", NeurIPS 2022, Table 1), under any linear SDE: x̃ = x/m(t)
 is the data plus N(0, σ²) noise with σ = σ̃(t) = s(t)/m(t), and
 
     D(x̃; σ) = c_skip(σ) x̃ + c_out(σ) F(c_in(σ) x̃, cond),
@@ -31,8 +31,8 @@ preconditioning in its σ(t) form.
 
 What the network is conditioned on is chosen here too (``CONDITIONINGS``): the SDE time t
 (the MLP and U-Net), the noise level σ̃(t) = s(t)/m(t) (NCSN++'s Fourier embedding, which
-takes the log inside; for VE σ̃ is the marginal std), or score_sde's 999·t for DDPM++'s
-positional embedding.  Class labels, when given, are passed through to the network.
+takes the log inside; for VE σ̃ is the marginal std), EDM's c_noise = ¼ ln σ̃(t), or
+score_sde's 999·t for DDPM++'s positional embedding.  Class labels, when given, are passed through to the network.
 
 Two conventions for NCSN++ / DDPM++ networks:
 

@@ -143,10 +143,12 @@ def test_edm_loss_of_the_ideal_denoiser_matches_its_integral(sde_name, std, x64)
                  reduce="sum")
   score, key = ideal_edm_score(sde, data), jax.random.key(2)
   loss = float(losses.dsm_loss(key, sde, score, x0, **options))
-  # The same draws split into 16 micro-batches (``rows``): their means give the standard error.
+  # The same draws split into 16 micro-batches (``rows``, one compiled call): their means give the
+  # standard error.
   size = n // chunks
-  parts = [chunks * float(losses.dsm_loss(key, sde, score, x0, rows=lambda a, i=i: a[i * size:(i + 1) * size],
-                                          **options)) for i in range(chunks)]
+  part = lambda i: chunks * losses.dsm_loss(
+      key, sde, score, x0, rows=lambda a: jax.lax.dynamic_slice_in_dim(a, i * size, size), **options)
+  parts = np.asarray(jax.jit(jax.vmap(part))(jnp.arange(chunks)))
   assert loss == pytest.approx(np.mean(parts), rel=1e-9)
   lo, hi = (float(sde.noise_level(jnp.float64(v))) for v in (sde.train_eps, sde.T))
   expected = _ideal_edm_loss(std**2, dim, -1.2, 1.2, lo, hi)
@@ -275,10 +277,10 @@ def test_rectified_flow_coefficients_and_transitions():
 
 
 def test_rectified_flow_marginals_match_monte_carlo_of_the_forward_sde():
-  """Euler–Maruyama of dx = −x/(1 − t) dt + √(2t/(1 − t)) dw from x(0) = 1.5 on 2000 steps: at t = 0.5
-  and 0.9 the mean and std of 20 000 paths are (1 − t)·1.5 and t within 3 % (dt-bias and sampling)."""
+  """Euler–Maruyama of dx = −x/(1 − t) dt + √(2t/(1 − t)) dw from x(0) = 1.5 on 1000 steps: at t = 0.5
+  and 0.9 the mean and std of 20 000 paths are (1 − t)·1.5 and t (a mean slipped to t·1.5 is 0.6 away)."""
   sde = SDES["rectified_flow"]
-  n, steps, t_end = 20_000, 2000, 0.9
+  n, steps, t_end = 20_000, 1000, 0.9
   dt = t_end / steps
   x = jnp.full((n,), 1.5)
 
@@ -289,7 +291,9 @@ def test_rectified_flow_marginals_match_monte_carlo_of_the_forward_sde():
 
   x_end, path = jax.lax.scan(body, x, jnp.arange(steps))
   for t_check, values in ((0.5, path[steps * 5 // 9]), (0.9, x_end)):
-    assert float(jnp.mean(values)) == pytest.approx(1.5 * (1 - t_check), rel=0.03, abs=0.01)
+    # 4 standard errors of the mean, plus 1 % for the Euler–Maruyama bias.
+    tol = 4 * t_check / math.sqrt(n) + 0.01 * 1.5 * (1 - t_check)
+    assert abs(float(jnp.mean(values)) - 1.5 * (1 - t_check)) < tol
     assert float(jnp.std(values)) == pytest.approx(t_check, rel=0.03)
 
 
