@@ -20,7 +20,7 @@ stays finite where s → 0:
     "velocity"    s²(ṡ − ṁ s/m)²          (ṡ − ṁ s/m)²          (flow matching)
 
 with SNR(t) = m²/s² and σ̃ = s/m.  "edm" is EDM's λ(σ) = (σ² + σ_d²)/(σ σ_d)² of the denoiser
-error: ‖D − x(0)‖² = σ̃² ℓ for D = E-prediction in x/m (``score_fn``), so λ‖D − x(0)‖² = w ℓ.
+error: ‖D − x(0)‖² = σ̃² ℓ for the denoiser D in x/m (``score_fn``), so λ‖D − x(0)‖² = w ℓ.
 "velocity" is the conditional flow-matching loss ‖û − (ṁ x(0) + ṡ z)‖² = w ℓ (Lipman et al.
 2023); under the rectified-flow SDE it is ‖û − (z − x(0))‖², w = 1/(1 − t)².
 
@@ -30,7 +30,9 @@ is piled up at the ends):
 
     "uniform_time"  t uniform on [train_eps, T] (score_sde)
     "lognormal"     ln σ̃ ~ N(p_mean, p_std²)   (EDM: −1.2, 1.2)
-    "logit_normal"  logit(t/T) ~ N(logit_mean, logit_std²)  (Esser et al. 2024, SD3: 0, 1)  ``reduce`` sums or averages ℓ over the non-batch axes (score_sde's
+    "logit_normal"  logit(t/T) ~ N(logit_mean, logit_std²)  (Esser et al. 2024, SD3: 0, 1)
+
+``reduce`` sums or averages ℓ over the non-batch axes (score_sde's
 ``reduce_mean``); the batch is always averaged.  There is no ½ in front of the continuous
 loss (eq. 7 of Song et al. 2021); the discrete SMLD loss keeps NCSN's ½.
 
@@ -159,7 +161,8 @@ def _times_from_uniforms(sde: sde_lib.SDE, u: Array, noise_distribution: str, p_
     sigma = jnp.exp(_truncated_inverse_cdf(u, lo, hi, p_mean, p_std))
     t = sde.time_from_noise_level(sigma)
   else:
-    # SD3's logit-normal t (Esser et al. 2024, "Scaling Rectified Flow Transformers", sec. 3.1).
+    # SD3's logit-normal t (Esser et al. 2024, "Scaling Rectified Flow Transformers for
+    # High-Resolution Image Synthesis").
     logit = lambda v: math.log(v / sde.T) - math.log1p(-v / sde.T)
     upper = logit(hi_t) if hi_t < sde.T else math.inf
     t = sde.T * jax.nn.sigmoid(_truncated_inverse_cdf(u, logit(lo_t), upper, logit_mean, logit_std))

@@ -38,8 +38,8 @@ def normal(keys: jax.Array, shape: tuple[int, ...], step: Array, dtype=jnp.float
 def time_grid(T: float, eps: float, num_steps: int, shift: float = 1.0) -> Array:
   """num_steps + 1 times from T down to eps: equally spaced, or with ``shift`` s ≠ 1 the
   fraction r = (t − eps)/(T − eps) of an equal spacing mapped to s r/(1 + (s − 1) r), the
-  timestep shift of Esser et al. 2024 (SD3, sec. 5.3.2): s > 1 spends more steps at high
-  noise.  Both ends stay where they are."""
+  timestep shift of Esser et al. 2024 (SD3, "Scaling Rectified Flow Transformers"): s > 1
+  spends more steps at high noise.  Both ends stay where they are."""
   r = jnp.linspace(1.0, 0.0, num_steps + 1)
   if shift != 1.0:
     r = shift * r / (1.0 + (shift - 1.0) * r)

@@ -78,12 +78,12 @@ def _fixed_steps_with_constraint(sde: SDE, vector_field, solver, x: Array, keys:
                                  shift: float, constraint: constraints.Replacement) -> Array:
   """``num_steps`` diffrax steps from T to eps, replacing the known coordinates after each."""
   n = x.shape[0]
-  term, heun = diffrax.ODETerm(vector_field), solver
+  term = diffrax.ODETerm(vector_field)
   ts = common.time_grid(sde.T, sde.eps, num_steps, shift)
   x = constraints.project(constraint, sde, x, common.full_t(sde.T, n), keys, 0)
 
   def body(x, i):
-    x = heun.step(term, ts[i], ts[i + 1], x, None, None, False)[0]
+    x = solver.step(term, ts[i], ts[i + 1], x, None, None, False)[0]
     return constraints.project(constraint, sde, x, common.full_t(ts[i + 1], n), keys, i + 1), None
 
   return jax.lax.scan(body, x, jnp.arange(num_steps))[0]
