@@ -280,7 +280,7 @@ def main() -> None:
     rec["denoiser_error"] = denoiser_errors(config, workdir, final)
     print(f"{name} held-out denoiser error per σ ([−1, 1] units): {rec['denoiser_error']}", flush=True)
     results["recipes"][name] = rec
-    outputs.write_json(os.path.join(out, "results.json"), results)  # after every recipe
+  outputs.write_json(os.path.join(out, "results.json"), results)  # measured rows are cached per run meanwhile
   text = table(results, args.markdown) + "\n\n" + denoiser_table(results, args.markdown)
   with open(os.path.join(out, "table.md" if args.markdown else "table.txt"), "w") as f:
     f.write(text + "\n")
