@@ -350,8 +350,9 @@ def test_one_euler_step_of_the_flow_is_its_formula():
 # --- 5. The recipe configs run like every other config --------------------------------------------------
 @pytest.mark.parametrize("path", ["configs/edm/digits.py", "configs/rf/digits.py"])
 def test_recipe_smoke_configs_train_resume_sample_and_eval(path, tmp_path):
-  """4 steps, resumed to 6, then --mode=sample and --mode=eval (held-out loss and bits/dim; the sample
-  metrics' path is test_evaluate's, the same for every config)."""
+  """4 steps, resumed to 6, then --mode=sample and, for rectified flow (a new SDE through the
+  likelihood ODE), --mode=eval: held-out loss and bits/dim (the sample metrics' path is
+  test_evaluate's, the same for every config; EDM's eval differs from VE's only in its score_fn)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   import pathlib  # pylint: disable=g-import-not-at-top
   from score_jax.modes import eval as eval_mode  # pylint: disable=g-import-not-at-top
@@ -372,6 +373,8 @@ def test_recipe_smoke_configs_train_resume_sample_and_eval(path, tmp_path):
   out = sample_mode.run(config, workdir)
   with np.load(os.path.join(out.folder, "samples.npz")) as data:
     assert data["samples"].shape == (8, 8, 8, 1) and np.all(np.isfinite(data["samples"]))
+  if "edm" in path:
+    return
   records = eval_mode.run(config, workdir).records
   assert [r["step"] for r in records] == [4, 6]
   for r in records:
