@@ -118,16 +118,17 @@ class Scorer:
     return float(features.quality_metrics(out["features"], out["logits"], self.real, self.opts)["fid"])
 
 
-def _cache_key(step: int, method: str, options: dict, seed: int, n: int) -> str:
-  return json.dumps([step, method, options, seed, n], sort_keys=True)
+def _cache_key(step: int, method: str, options: dict, seed: int, n: int, params: str = "ema") -> str:
+  return json.dumps([step, method, options, seed, n] + ([] if params == "ema" else [params]), sort_keys=True)
 
 
 def sample_fid(config, workdir: str, step: int, method: str, options: dict, seed: int, n: int,
-               scorer: Scorer) -> dict[str, Any]:
-  """FID of n samples of the step's EMA parameters; rows already measured are read back from
-  ``<workdir>/recipe_fid.jsonl`` (a rerun or a later --recipes subset computes only what is new)."""
+               scorer: Scorer, params: str = "ema") -> dict[str, Any]:
+  """FID of n samples of the step's EMA parameters (or of ``params``, ``config.sampling.params``);
+  rows already measured are read back from ``<workdir>/recipe_fid.jsonl`` (a rerun or a later
+  --recipes subset computes only what is new)."""
   cache = os.path.join(workdir, "recipe_fid.jsonl")
-  key = _cache_key(step, method, options, seed, n)
+  key = _cache_key(step, method, options, seed, n, params)
   if os.path.isfile(cache):
     with open(cache) as f:
       for line in f:
@@ -137,6 +138,7 @@ def sample_fid(config, workdir: str, step: int, method: str, options: dict, seed
   config = ml_collections.ConfigDict(config.to_dict())
   config.sampling.method = method
   config.sampling[method] = ml_collections.ConfigDict(options)
+  config.sampling.params = params
   setup = experiment.build(config)
   found = params_lib.latest_ema_params(setup, workdir, step=step)
   if found is None:
@@ -144,7 +146,8 @@ def sample_fid(config, workdir: str, step: int, method: str, options: dict, seed
   t0 = time.perf_counter()
   x, nfe = sampler_lib.make_sampler(setup, n)(found[1], jax.random.key(seed))
   seconds = time.perf_counter() - t0
-  result = {"step": step, "method": method, "options": options, "seed": seed, "nfe": int(nfe), "num_samples": n,
+  result = {"step": step, "method": method, "options": options, "params": params, "seed": seed, "nfe": int(nfe),
+            "num_samples": n,
             "fid": scorer.fid(x, setup.data), "sample_time_s": seconds}
   with open(cache, "a") as f:
     f.write(json.dumps({"key": key, "result": result}) + "\n")
@@ -200,6 +203,11 @@ def table(results: dict[str, Any], markdown: bool) -> str:
       fids = [r["fid"] for r in rows]
       lines.append((RECIPES[name][0], label, str(rows[0]["nfe"]), " / ".join(f"{f:.2f}" for f in fids),
                     f"{np.mean(fids):.2f}"))
+  return format_table(head, lines, markdown)
+
+
+def format_table(head: tuple, lines: list[tuple], markdown: bool) -> str:
+  """Rows as a markdown table, or as plain columns."""
   if markdown:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
                      ["| " + " | ".join(c) + " |" for c in lines])
@@ -210,10 +218,7 @@ def denoiser_table(results: dict[str, Any], markdown: bool) -> str:
   head = ("recipe",) + tuple(f"σ={s:g}" for s in DENOISER_SIGMAS)
   lines = [(RECIPES[n][0],) + tuple(f"{r['denoiser_error'][f'{s:g}']:.4f}" for s in DENOISER_SIGMAS)
            for n, r in results["recipes"].items()]
-  if markdown:
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
-                      ["| " + " | ".join(c) + " |" for c in lines])
-  return "\n".join("  ".join(c) for c in [head] + lines)
+  return format_table(head, lines, markdown)
 
 
 def plot_curves(results: dict[str, Any], path: str) -> None:
@@ -226,8 +231,14 @@ def plot_curves(results: dict[str, Any], path: str) -> None:
     if curve:
       ax.plot([r["step"] for r in curve], [r["fid"] for r in curve], marker="o",
               label=f"{RECIPES[name][0]}: {curve[0]['label']} ({curve[0]['nfe']} NFE)")
-  ax.set_xlabel("training step (batch 64)")
-  ax.set_ylabel("in-domain FID (EMA parameters)")
+  save_log_plot(fig, ax, path, "training step (batch 64)", "in-domain FID (EMA parameters)")
+
+
+def save_log_plot(fig, ax, path: str, xlabel: str, ylabel: str) -> None:
+  """Labels, a log y axis, grid and legend; saves ``path`` and closes the figure."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
   ax.set_yscale("log")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=6)

@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.parametrization = "noise"  # noise | score | data | velocity | edm (score_jax/score_fn.py)
   model.conditioning = "sigma"
   model.sigma_data = 0.5  # σ_d of the "edm" parametrization and loss weighting (EDM: 0.5 for [−1, 1] data)
-  model.ema_rate = 0.999
+  model.ema = ema_section()
   model.class_conditional = False
   # A converted published checkpoint (`python -m score_jax.pretrained --out=DIR`): --mode=sample / eval
   # read the network from DIR instead of the workdir's checkpoints.  "": the workdir's own.
@@ -100,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
   sampling.num_samples = 64
   sampling.batch_size = config_dict.placeholder(int)  # samples per compiled call; None: all at once
   sampling.checkpoint_step = config_dict.placeholder(int)  # --mode=sample from this step; None: the latest
+  # The parameters sample / eval / inpaint / colorize use: "ema", "raw" (a full checkpoint's trained
+  # parameters), "power_<σ_rel>" (a power-EMA snapshot) or "posthoc_<σ_rel>" (--mode=posthoc_ema).
+  sampling.params = "ema"
   sampling.pc = ml_collections.ConfigDict(dict(
       predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1, num_steps=1000, denoise=True))
   sampling.ode = ml_collections.ConfigDict(dict(solver="tsit5", rtol=1e-5, atol=1e-5, denoise=True))
@@ -107,10 +110,41 @@ def base_config() -> ml_collections.ConfigDict:
   sampling.ald = ml_collections.ConfigDict(dict(num_steps=232, n_steps_each=5, denoise=True))
 
   config.controllable = controllable_section()
+  config.posthoc = posthoc_section()
   config.eval = eval_section()
   config.noisy_classifier = noisy_classifier_section()
   config.guidance = guidance_section()
   return config
+
+
+def ema_section() -> ml_collections.ConfigDict:
+  """``config.model.ema``: the parameter averages training tracks (score_jax/ema.py)."""
+  # kind "classic": one EMA at `rate` (score_sde's ema_rate), its half-life ramped up as
+  # min(half-life of rate, rampup_ratio × steps so far) (EDM's ramp-up; 0: none, score_sde's
+  # configs).  kind "power": EDM2's power-function EMA, one profile per sigma_rels entry, each
+  # exported every snapshot_freq steps to <workdir>/ema/power_<σ_rel>/<step> for
+  # --mode=posthoc_ema (config.posthoc); the first profile is the one sampling uses.
+  ema = ml_collections.ConfigDict()
+  ema.kind = "classic"
+  ema.rate = 0.999
+  ema.rampup_ratio = 0.05
+  ema.sigma_rels = (0.05, 0.10)
+  ema.snapshot_freq = 10_000
+  return ema
+
+
+def posthoc_section() -> ml_collections.ConfigDict:
+  """``config.posthoc``: --mode=posthoc_ema (score_jax/modes/posthoc_ema.py documents each field)."""
+  # Post-hoc EMA (EDM2, sec. 3.2): the power-EMA profiles of sigma_rel reconstructed at `step`
+  # (None: the last snapshot) from the snapshots of a run trained with config.model.ema.kind="power",
+  # written to <workdir>/ema/posthoc_<σ_rel>/<step> (sample / eval them with
+  # --config.sampling.params=posthoc_<σ_rel>).  A target whose profile the snapshots reproduce
+  # worse than max_error (relative L2) is refused.
+  ph = ml_collections.ConfigDict()
+  ph.sigma_rel = ()
+  ph.step = config_dict.placeholder(int)
+  ph.max_error = 0.05
+  return ph
 
 
 def controllable_section() -> ml_collections.ConfigDict:
@@ -230,6 +264,8 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   tr = config.training
   tr.num_steps, tr.batch_size, tr.snapshot_freq, tr.log_freq, tr.sample_freq = 4, 8, 2, 1, 0
   tr.max_to_keep = 2
+  if "ema" in config.model:
+    config.model.ema.snapshot_freq = 2
   config.optim.warmup = 2
   s = config.sampling
   s.num_samples = 8

@@ -23,7 +23,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       embedding_type="fourier", fourier_scale=16.0, init_scale=0.0, conditional=True))
   config.model.parametrization = "noise"  # VE: network output / σ is the score
   config.model.conditioning = "sigma"  # Fourier features of log σ(t)
-  config.model.ema_rate = 0.999
+  config.model.ema.update(dict(rate=0.999, rampup_ratio=0.0))  # score_sde: a constant rate from step 0
   config.training.loss_options = ml_collections.ConfigDict(dict(weighting="sigma2", reduce="sum"))
   config.sampling.method = "pc"
   config.sampling.pc.update(dict(predictor="reverse_diffusion", corrector="langevin", snr=0.16))

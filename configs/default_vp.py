@@ -29,7 +29,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.network = ddpmpp_network()
   config.model.parametrization = "noise"
   config.model.conditioning = "ddpm_step"  # 999·t into the positional embedding
-  config.model.ema_rate = 0.9999
+  config.model.ema.update(dict(rate=0.9999, rampup_ratio=0.0))  # score_sde: a constant rate from step 0
   config.training.loss_options = ml_collections.ConfigDict(dict(weighting="sigma2", reduce="mean"))
   config.sampling.method = "pc"
   config.sampling.pc.update(dict(predictor="euler_maruyama", corrector="none"))

@@ -1,5 +1,7 @@
 """Orbax checkpoints in ``<workdir>/checkpoints``: save every N steps, keep the last K,
-and resume from the latest one automatically; EMA-only exports in ``<workdir>/ema/<step>``.
+and resume from the latest one automatically; EMA-only exports in ``<workdir>/ema/<step>``, and
+exports of named profiles (power-EMA snapshots, post-hoc reconstructions) in
+``<workdir>/ema/<profile>/<step>``.
 
 A thin wrapper over ``orbax.checkpoint.CheckpointManager`` so train and sample code
 says what it means (``latest_step``, ``restore``, ``save``) and nothing else.  An export
@@ -71,9 +73,11 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def export_dir(workdir: str) -> str:
-  """Absolute path of the EMA-export folder of ``workdir``."""
-  return os.path.join(os.path.abspath(workdir), "ema")
+def export_dir(workdir: str, profile: str = "") -> str:
+  """Absolute path of the EMA-export folder of ``workdir``; of a named profile's exports
+  (``ema.profile_name``: ``power_0.050``, ``posthoc_0.080``) when ``profile`` is given."""
+  root = os.path.join(os.path.abspath(workdir), "ema")
+  return os.path.join(root, profile) if profile else root
 
 
 # --- disk full ----------------------------------------------------------------------------
@@ -123,8 +127,9 @@ def _disk_full_error(folder: str, what: str, needed: int, kept: str) -> DiskFull
 
 
 # --- EMA exports --------------------------------------------------------------------------
-def export_params(workdir: str, step: int, params: Any) -> Optional[str]:
-  """Writes ``params`` (the EMA parameters) to ``<workdir>/ema/<step>``; never overwrites.
+def export_params(workdir: str, step: int, params: Any, profile: str = "") -> Optional[str]:
+  """Writes ``params`` (the EMA parameters) to ``<workdir>/ema/<step>``, or to
+  ``<workdir>/ema/<profile>/<step>`` for a named profile; never overwrites.
 
   Returns:
     The export's path, or None when that step was already exported (left as it is).
@@ -132,24 +137,25 @@ def export_params(workdir: str, step: int, params: Any) -> Optional[str]:
   Raises:
     DiskFullError: no space for the export (the checkpoints are untouched).
   """
-  path = os.path.join(export_dir(workdir), str(step))
+  folder = export_dir(workdir, profile)
+  path = os.path.join(folder, str(step))
   if os.path.exists(path):
     return None
-  os.makedirs(export_dir(workdir), exist_ok=True)
+  os.makedirs(folder, exist_ok=True)
   try:
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(path, params)
   except Exception as e:  # pylint: disable=broad-except
     if _is_disk_full(e):
-      raise _disk_full_error(export_dir(workdir), f"the EMA export of step {step}", _tree_bytes(params),
+      raise _disk_full_error(folder, f"the EMA export {profile + ' ' if profile else ''}of step {step}", _tree_bytes(params),
                              f"the checkpoints in {checkpoint_dir(workdir)} are intact") from e
     raise
   return path
 
 
-def exported_steps(workdir: str) -> list[int]:
-  """Steps with a finished EMA export, ascending (Orbax's temporary folders are skipped)."""
-  root = export_dir(workdir)
+def exported_steps(workdir: str, profile: str = "") -> list[int]:
+  """Steps with a finished EMA export (of ``profile``), ascending (Orbax's temporary folders are skipped)."""
+  root = export_dir(workdir, profile)
   if not os.path.isdir(root):
     return []
   return sorted(int(n) for n in os.listdir(root) if n.isdigit())
@@ -176,10 +182,10 @@ def _as_saved(metadata: Any) -> Any:
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
 
 
-def load_exported_params(workdir: str, step: int, target: Any = None) -> Any:
-  """Restores the EMA export of ``step``; ``target`` gives the tree (e.g. from eval_shape);
-  None restores it as saved onto this process's first device."""
-  path = os.path.join(export_dir(workdir), str(step))
+def load_exported_params(workdir: str, step: int, target: Any = None, profile: str = "") -> Any:
+  """Restores the EMA export of ``step`` (of ``profile``); ``target`` gives the tree (e.g. from
+  eval_shape); None restores it as saved onto this process's first device."""
+  path = os.path.join(export_dir(workdir, profile), str(step))
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(path, _as_saved(ckptr.metadata(path)) if target is None else target)
 
@@ -212,10 +218,11 @@ def checkpoint_source(workdir: str, step: int, target: Any, pick: Callable[[Any]
                 lambda: read(True))
 
 
-def export_source(workdir: str, step: int, target: Any) -> Source:
-  """The EMA export of ``step`` restored as ``target``."""
-  return Source(step, os.path.join(export_dir(workdir), str(step)),
-                lambda: load_exported_params(workdir, step, target), lambda: load_exported_params(workdir, step))
+def export_source(workdir: str, step: int, target: Any, profile: str = "") -> Source:
+  """The EMA export of ``step`` (of ``profile``) restored as ``target``."""
+  return Source(step, os.path.join(export_dir(workdir, profile), str(step)),
+                lambda: load_exported_params(workdir, step, target, profile),
+                lambda: load_exported_params(workdir, step, profile=profile))
 
 
 # TensorStore names the array it failed on in 'Error reading "<array>/<chunk>" in OCDBT database …',
@@ -223,7 +230,7 @@ def export_source(workdir: str, step: int, target: Any) -> Source:
 _TS_ARRAY_ERROR = re.compile(r'\b([A-Z][A-Z_]+): .*?Error reading "([^"/][^"]*)"')
 
 
-def _short_error(error: BaseException) -> str:
+def short_error(error: BaseException) -> str:
   """A few words of a restore error: the array and TensorStore's status, or one line."""
   while error.__cause__ is not None:
     error = error.__cause__
@@ -308,10 +315,10 @@ def restore_first_readable(sources: Sequence[Source], *, workdir: str, writer: b
         except MemoryError:
           raise
         except Exception as e:  # pylint: disable=broad-except
-          reason = _short_error(e)
+          reason = short_error(e)
       if reason is None:
         raise CheckpointMismatchError(
-            f"{source.path} is readable but does not fit this config's model ({_short_error(error)}): use the "
+            f"{source.path} is readable but does not fit this config's model ({short_error(error)}): use the "
             f"config it was trained with (see {os.path.join(os.path.abspath(workdir), 'config.json')}).") from error
     where = _move_aside(source.path, workdir, writer)
     following = next((s for s in sources[i + 1:] if os.path.isdir(s.path)), None)

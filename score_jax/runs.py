@@ -43,7 +43,7 @@ class Run:
     step: the training step of the loaded parameters.
     config: the resolved config the run trained with (read from the workdir).
     setup: the components built from it (``experiment.Setup``: network, SDE, data, sampler).
-    params: the EMA parameters of ``step``.
+    params: the parameters of ``step`` (the EMA unless ``load_run(..., params=...)`` chose others).
   """
 
   workdir: str
@@ -119,13 +119,16 @@ def load_config(workdir: str, step: Optional[int] = None) -> experiment.ConfigDi
   return config_files.from_json(config_path(workdir, step))
 
 
-def load_run(workdir: str, step: Optional[int] = None, *,
+def load_run(workdir: str, step: Optional[int] = None, *, params: str = "ema",
              overrides: Optional[dict[str, Any]] = None) -> Run:
   """Loads a trained run's config and EMA parameters.
 
   Args:
     workdir: a folder ``python main.py --mode=train`` wrote (any working directory).
     step: the checkpoint or EMA export to load (default: the newest).
+    params: which parameters (``config.sampling.params``): "ema", "raw" (a full checkpoint's
+      trained parameters), "power_<σ_rel>" (a power-EMA snapshot) or "posthoc_<σ_rel>" (a
+      ``--mode=posthoc_ema`` reconstruction, e.g. "posthoc_0.080").
     overrides: config fields to change before building, as dotted names, e.g.
       ``{"sampling.method": "ode"}`` (the network fields must stay those of the checkpoint).
 
@@ -138,8 +141,12 @@ def load_run(workdir: str, step: Optional[int] = None, *,
   """
   config = load_config(workdir, step)
   experiment.apply_overrides(config, overrides or {})
+  config.sampling.params = params  # a run saved before the field existed lacks it
   setup = experiment.build(config)
-  found = params_lib.latest_ema_params(setup, workdir, step=step)
+  if setup.sample_params != "ema":
+    found = params_lib.load_ema_params(setup, workdir, step)  # its errors name the export and how to make it
+  else:
+    found = params_lib.latest_ema_params(setup, workdir, step=step)
   if found is None:
     have = checkpointing.saved_steps(workdir)
     wanted = "" if step is None else f" of step {step}"

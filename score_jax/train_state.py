@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from score_jax import ema as ema_lib
+
 Array = Any
 Params = Any
 
@@ -22,11 +24,12 @@ OPTIMIZERS = ("adam",)
 
 @flax.struct.dataclass
 class TrainState:
-  """Parameters, their exponential moving average, the optimizer state and the step.
+  """Parameters, their moving averages, the optimizer state and the step.
 
   Attributes:
     params: network parameters (the ``"params"`` collection of a Flax module).
-    ema_params: EMA of ``params``; what sampling and evaluation use.
+    ema_params: the average that sampling and evaluation use: the classic EMA of ``params``,
+      or with the power EMA (``ema.EMA(kind="power")``) the profile of the first tracked σ_rel.
     opt_state: state of the optax chain from ``create_optimizer``.
     step: [] int32, number of optimizer updates applied so far.
   """
@@ -35,6 +38,34 @@ class TrainState:
   ema_params: Params
   opt_state: optax.OptState
   step: Array
+
+  @property
+  def averages(self) -> tuple[Params, ...]:
+    """Every tracked average, ``ema_params`` first (one per σ_rel under the power EMA)."""
+    return (self.ema_params,)
+
+  def with_averages(self, averages: tuple[Params, ...]) -> "TrainState":
+    return self.replace(ema_params=averages[0])
+
+
+@flax.struct.dataclass
+class MultiEMATrainState(TrainState):
+  """A TrainState tracking several averages (the power EMA at more than one σ_rel).
+
+  A subclass, so the checkpoints of a one-average state keep exactly the tree they always had.
+
+  Attributes:
+    extra_ema: the profiles of the second, third, ... σ_rel, in order.
+  """
+
+  extra_ema: tuple[Params, ...] = ()
+
+  @property
+  def averages(self) -> tuple[Params, ...]:
+    return (self.ema_params,) + tuple(self.extra_ema)
+
+  def with_averages(self, averages: tuple[Params, ...]) -> "MultiEMATrainState":
+    return self.replace(ema_params=averages[0], extra_ema=tuple(averages[1:]))
 
 
 def create_learning_rate_schedule(optim: Mapping[str, Any]) -> optax.Schedule:
@@ -82,39 +113,37 @@ def create_optimizer(optim: Mapping[str, Any]) -> optax.GradientTransformation:
   return optax.chain(clip, adam)
 
 
-def create_train_state(params: Params, tx: optax.GradientTransformation) -> TrainState:
-  """A fresh state at step 0 whose EMA starts at ``params``."""
-  return TrainState(
-      params=params,
-      ema_params=jax.tree.map(jnp.copy, params),
-      opt_state=tx.init(params),
-      step=jnp.zeros((), jnp.int32),
-  )
-
-
-def ema_update(ema_params: Params, params: Params, rate: float) -> Params:
-  """Polyak averaging ema ← rate · ema + (1 − rate) · params (score_sde's ``ema_rate``)."""
-  return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema_params, params)
+def create_train_state(params: Params, tx: optax.GradientTransformation,
+                       ema: ema_lib.EMA = ema_lib.EMA()) -> TrainState:
+  """A fresh state at step 0 whose averages (``ema.num_averages`` of them) start at ``params``."""
+  state = TrainState(params=params, ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
+                     step=jnp.zeros((), jnp.int32))
+  if ema.num_averages == 1:
+    return state
+  return MultiEMATrainState(params=state.params, ema_params=state.ema_params, opt_state=state.opt_state,
+                            step=state.step,
+                            extra_ema=tuple(jax.tree.map(jnp.copy, params) for _ in range(ema.num_averages - 1)))
 
 
 def apply_gradients(state: TrainState, grads: Params, tx: optax.GradientTransformation, *,
-                    ema_rate: float) -> TrainState:
-  """One optimizer update plus the EMA update; increments ``step``.
+                    ema: ema_lib.EMA) -> TrainState:
+  """One optimizer update plus the update of every tracked average; increments ``step``.
 
   Args:
     state: current state.
     grads: gradients, same tree as ``state.params``.
     tx: the chain ``state.opt_state`` belongs to.
-    ema_rate: EMA decay in [0, 1).
+    ema: the averages ``state`` tracks (``ema.EMA``: classic, ramped up, or power-function);
+      the update is number ``state.step + 1``.
 
   Returns:
     The next state.
   """
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  return state.replace(
-      params=params,
-      ema_params=ema_update(state.ema_params, params, ema_rate),
-      opt_state=opt_state,
-      step=state.step + 1,
-  )
+  if len(state.averages) != ema.num_averages:
+    raise ValueError(f"the state tracks {len(state.averages)} average(s) but the EMA {ema} needs {ema.num_averages}.")
+  dtype = jnp.result_type(*jax.tree.leaves(params)[:1]) if jax.tree.leaves(params) else jnp.float32
+  averages = tuple(ema_lib.update(avg, params, beta, one_minus)
+                   for avg, (beta, one_minus) in zip(state.averages, ema.betas(state.step + 1, dtype)))
+  return state.replace(params=params, opt_state=opt_state, step=state.step + 1).with_averages(averages)

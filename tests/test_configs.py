@@ -112,7 +112,7 @@ def test_embedded_configs_build_at_full_size(path):
   if path.startswith(("configs/edm/", "configs/rf/")):
     # The recipe configs keep configs/ve/digits.py's network, batch, optimizer and steps.
     _, ve = load("configs/ve/digits.py")
-    for section in ("model.network", "optim", "training.batch_size", "training.num_steps", "model.ema_rate"):
+    for section in ("model.network", "optim", "training.batch_size", "training.num_steps", "model.ema"):
       get = lambda c: functools.reduce(getattr, section.split("."), c)
       assert get(config) == get(ve), section
   assert setup.data_shape == shapes[path.split("/")[-1][:-3]]

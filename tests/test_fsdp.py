@@ -1,7 +1,7 @@
 """FSDP and compile once (README "Scaling out").
 
 FSDP (``config.training.fsdp``): the sharding rule; 4 simulated devices training with sharded
-parameters, EMA and optimizer state reach the replicated run's parameters; the checkpoint they
+parameters, power-EMA profiles and optimizer state reach the replicated run's parameters; the checkpoint they
 write restores on 1 device (this process) and on 2 (a child), equal to what was saved.
 
 Compile once: a ``main.py`` run of the FSDP config after the first loads its train step and
@@ -43,7 +43,9 @@ MIN_SIZE = 64  # the smoke MLP's 16×16 kernels are sharded, its biases replicat
 CONFIG = "configs/toy/gmm2d.py:smoke"
 OVERRIDES = {"training.num_steps": STEPS, "training.snapshot_freq": 4, "training.max_to_keep": 3,
              "training.log_freq": 4, "training.fsdp_min_size": MIN_SIZE, "sampling.num_samples": 16,
-             "sampling.pc.num_steps": 4, "sampling.pc.corrector": "none"}
+             "sampling.pc.num_steps": 4, "sampling.pc.corrector": "none",
+             # The power EMA's two profiles: a second parameter copy, sharded like the others.
+             "model.ema.kind": "power", "model.ema.snapshot_freq": 4}
 LINE = re.compile(r"Compile: (train step|sampler) ([0-9.]+) s \((\d+) executable\(s\), (\d+) from the persistent cache")
 
 
@@ -153,8 +155,8 @@ def test_four_devices_fsdp_matches_replicated_run(runs):
   fsdp, repl = runs["fsdp"], runs["replicated"]
   assert set(fsdp) == set(repl)
   sharded = {k for k, (spec, _, _) in fsdp.items() if "data" in spec}
-  # Every kernel of >= MIN_SIZE elements is split 4 ways: params, EMA and both Adam moments.
-  for part in (".params", ".ema_params", ".opt_state"):
+  # Every kernel of >= MIN_SIZE elements is split 4 ways: params, both EMA profiles and both Adam moments.
+  for part in (".params", ".ema_params", ".extra_ema", ".opt_state"):
     assert any(k.startswith(part) for k in sharded), (part, sorted(sharded))
   for k, (spec, shard, shape) in fsdp.items():
     if int(np.prod(shape)) >= MIN_SIZE and any(d % 4 == 0 for d in shape):

@@ -1,5 +1,6 @@
 """kill -9 and SIGTERM during training: the relaunched command resumes from the last checkpoint
-and reaches the same parameters as an uninterrupted run."""
+and reaches the same state as an uninterrupted run, every leaf equal — with the power EMA
+(two tracked profiles, the state's extra copies) and its snapshot exports too."""
 
 import os
 import re
@@ -18,7 +19,9 @@ pytestmark = pytest.mark.xdist_group("preemption")
 CONFIG = "configs/toy/gmm2d.py:smoke"
 STEPS = 2000
 OVERRIDES = [f"--config.training.num_steps={STEPS}", "--config.training.snapshot_freq=100",
-             "--config.training.max_to_keep=50", "--config.training.log_freq=100", "--config.sampling.num_samples=16"]
+             "--config.training.max_to_keep=50", "--config.training.log_freq=100", "--config.sampling.num_samples=16",
+             "--config.model.ema.kind=power", "--config.model.ema.snapshot_freq=250"]
+PROFILES = ("power_0.050", "power_0.100")
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +30,25 @@ def reference(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
   result = run_main.run(run_main.main_command(workdir, CONFIG, OVERRIDES))
   assert result.returncode == 0, result.stderr[-3000:]
-  return run_main.saved_state(workdir, STEPS)
+  return workdir, run_main.saved_state(workdir, STEPS)
 
 
-def _relaunch_and_compare(workdir: str, reference: dict, resumed_from: int) -> None:
+def _snapshots(workdir: str) -> dict:
+  from score_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  return {(name, step): checkpointing.load_exported_params(workdir, step, profile=name)
+          for name in PROFILES for step in checkpointing.exported_steps(workdir, name)}
+
+
+def _relaunch_and_compare(workdir: str, reference: tuple, resumed_from: int) -> None:
   result = run_main.run(run_main.main_command(workdir, CONFIG, OVERRIDES))
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"Resuming from the checkpoint of step {resumed_from}" in result.stderr
   final = run_main.saved_state(workdir, STEPS)
-  run_main.assert_trees_close(final["params"], reference["params"])
-  run_main.assert_trees_close(final["ema_params"], reference["ema_params"])
-  run_main.assert_trees_close(final["opt_state"], reference["opt_state"])
+  assert set(final) == {"params", "ema_params", "extra_ema", "opt_state", "step"}
+  run_main.assert_trees_close(final, reference[1], rtol=0, atol=0)  # bit-exact, every leaf
+  snaps, want = _snapshots(workdir), _snapshots(reference[0])
+  assert sorted(snaps) == sorted(want) and len(want) == 2 * STEPS // 250
+  run_main.assert_trees_close(snaps, want, rtol=0, atol=0)
 
 
 def test_kill_9_then_relaunch_resumes_and_matches_uninterrupted_run(tmp_path, reference):

@@ -15,8 +15,8 @@ Section by section, with the values of EDM's training script (paper App. F.1, Ta
 * loss (sec. 5): λ(σ) = (σ² + σ_d²)/(σ σ_d)², ln σ ~ N(−1.2, 1.2²), summed over pixels;
 * optimizer: Adam (0.9, 0.999, 1e-8), learning rate 1e-3 ramped up linearly over 10 Mimg
   (19 531 steps of batch 512), no gradient clipping; 200 Mimg = 390 625 steps of batch 512;
-* EMA: a half-life of 0.5 Mimg, i.e. a rate of 0.5^(512/500 000) = 0.99929 per step (EDM also
-  ramps the half-life up over the first steps; this EMA is constant from step 0);
+* EMA: a half-life of 0.5 Mimg, i.e. a rate of 0.5^(512/500 000) = 0.99929 per step, its
+  half-life ramped up as min(0.5 Mimg, 0.05 × images seen) (EDM's ``ema_rampup_ratio``);
 * sampler (Algorithm 1, sec. 3): Heun, 18 steps, ρ = 7 (35 NFE), no churn.
 
 Not reproduced: EDM's non-leaking augmentation (probability 0.12, with the network conditioned
@@ -46,7 +46,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   model.parametrization = "edm"
   model.conditioning = "log_sigma"
   model.sigma_data = 0.5
-  model.ema_rate = 0.99929
+  # EMA half-life 500 kimg at batch 512 (β = ½^(512/500 000) = 0.99929 per step), ramped up as
+  # min(500 kimg, 0.05 × images seen) (EDM's training loop, ema_rampup_ratio).
+  model.ema.update(dict(rate=0.99929, rampup_ratio=0.05))
 
   optim = config.optim
   optim.lr = 1e-3

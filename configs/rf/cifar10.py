@@ -37,7 +37,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   model.network.dropout = 0.15
   model.parametrization = "velocity"
   model.conditioning = "ddpm_step"  # 999·t into the positional embedding
-  model.ema_rate = 0.999999
+  model.ema.update(dict(rate=0.999999, rampup_ratio=0.05))
 
   config.training.loss_options = ml_collections.ConfigDict(dict(weighting="velocity", reduce="mean"))
   s = config.sampling

@@ -52,7 +52,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   net.zero_init_output = False
   model.parametrization = "noise"
   model.conditioning = "time"  # the network sees t; "sigma" for NCSN++'s Fourier embedding of log σ̃
-  model.ema_rate = 0.999
+  model.ema = common.ema_section()  # 0.999 with EDM's ramp-up
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = "adam"

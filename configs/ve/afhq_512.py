@@ -40,7 +40,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       nf=16, ch_mult=(1, 2, 4, 8, 16, 32, 32), num_res_blocks=2, attn_resolutions=(16,), dropout=0.0,
       resblock_type="biggan", fir=True, skip_rescale=True, progressive="output_skip",
       progressive_input="input_skip", progressive_combine="sum", embedding_type="fourier", fourier_scale=16.0))
-  config.model.ema_rate = 0.9999
+  config.model.ema.update(dict(rate=0.9999, rampup_ratio=0.05))  # EDM's ramp-up: no weight left on the init
 
   tr = config.training
   tr.batch_size = 32

@@ -27,7 +27,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.network.update(dict(
       nf=128, ch_mult=(1, 1, 2, 2, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.0,
       progressive="output_skip", progressive_input="input_skip", progressive_combine="sum"))
-  config.model.ema_rate = 0.999
+  config.model.ema.rate = 0.999
   tr = config.training
   tr.batch_size = 64
   tr.num_steps = 2_400_000

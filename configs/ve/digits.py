@@ -32,7 +32,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       skip_rescale=True, init_scale=0.0))
   config.model.parametrization = "noise"
   config.model.conditioning = "time"  # the U-Net embeds t ∈ [0, 1] with Fourier features
-  config.model.ema_rate = 0.999
+  config.model.ema.update(dict(rate=0.999, rampup_ratio=0.05))  # EDM's ramp-up: no weight left on the init
 
   config.optim.lr = 2e-3
   config.optim.warmup = 200

@@ -27,7 +27,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.network.update(dict(
       nf=16, ch_mult=(1, 2, 4, 8, 16, 32, 32, 32), num_res_blocks=1, attn_resolutions=(16,), dropout=0.0,
       progressive="output_skip", progressive_input="input_skip", progressive_combine="sum"))
-  config.model.ema_rate = 0.9999
+  config.model.ema.rate = 0.9999
   tr = config.training
   tr.loss_options.reduce = "mean"
   tr.batch_size = 8

@@ -25,7 +25,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   data.centered = False
   config.model.network.update(dict(nf=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(8,), dropout=0.1))
   config.model.class_conditional = True
-  config.model.ema_rate = 0.999
+  config.model.ema.update(dict(rate=0.999, rampup_ratio=0.05))
   config.optim.lr = 5e-4
   config.optim.warmup = 1000
   tr = config.training

@@ -21,7 +21,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.name = "unet"
   config.model.network = ve.model.network
   config.model.conditioning = "time"
-  config.model.ema_rate = 0.999
+  config.model.ema = ve.model.ema
   config.training = ve.training
   config.sampling.num_samples = ve.sampling.num_samples
   config.sampling.pc.update(dict(predictor="euler_maruyama", corrector="none", num_steps=500))

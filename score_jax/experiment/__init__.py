@@ -9,7 +9,8 @@ bad value is a ``ConfigError`` naming the field, raised before anything compiles
     data.py             config.sde, config.data      -> SDE, ToyData / ImageData
     components.py       config.model, optim, training, sampling -> Setup (``build``), the run's keys
     state.py            fresh and abstract parameters and train state of a Setup
-    options.py          config.sampling / training fields of the jobs, config.eval, the classifiers
+    options.py          config.sampling / training fields of the jobs, config.eval, the classifiers,
+                        config.posthoc
     control_options.py  config.guidance, config.controllable
 
 Defaults of the job sections live in ``configs/common.py`` alone (``eval_section``,
@@ -18,15 +19,16 @@ Defaults of the job sections live in ``configs/common.py`` alone (``eval_section
 
 from score_jax.experiment.checks import (ConfigDict, ConfigError, as_dict, check, config_field, int_field, is_int,
                                          is_number, merge_defaults, positive_field)
-from score_jax.experiment.components import (COMPUTE_DTYPES, KEY_STREAMS, LOSSES, Setup, build, conversion_target,
-                                             keys, seed_of)
+from score_jax.experiment.components import (COMPUTE_DTYPES, KEY_STREAMS, LOSSES, SAMPLE_PARAMS, Setup, build,
+                                             build_ema, conversion_target, keys, seed_of)
 from score_jax.experiment.control_options import (CONTROLLABLE_MODES, GUIDANCE_KINDS, ControllableOptions,
                                                   GuidanceOptions, controllable_options, guidance_options)
 from score_jax.experiment.data import DATA_KINDS, IMAGE_KINDS, Data, ImageData, ToyData, build_data, build_image_data, build_sde
 from score_jax.experiment.state import abstract_batch, abstract_state, init_params, init_state, num_params
 from score_jax.experiment.options import (EXTRACTORS, ClassifierOptions, EvalOptions, FitOptions,
-                                          NoisyClassifierOptions, SampleOptions, TrainOptions, classifier_options,
-                                          eval_options, noisy_classifier_options, sample_options, train_options)
+                                          NoisyClassifierOptions, PosthocOptions, SampleOptions, TrainOptions,
+                                          classifier_options, eval_options, noisy_classifier_options,
+                                          posthoc_options, sample_options, train_options)
 
 
 def apply_overrides(config: ConfigDict, overrides: dict) -> None:

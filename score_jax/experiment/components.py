@@ -5,7 +5,7 @@ Every component gets plain arguments, never the ConfigDict:
     config.sde, config.data   ``experiment.data``: the SDE and the data source
     config.model     models.get_model(name, **config.model.network)         the network (its
                      image_size / num_channels / num_classes come from the data), plus its
-                     parametrization, conditioning and ema_rate
+                     parametrization, conditioning and EMA (``config.model.ema``)
     config.optim     train_state.create_optimizer(config.optim)             clip -> Adam + warmup
     config.training  losses.<loss>(**loss_options), batch size, steps, checkpoints, logging
     config.sampling  sampling.sample(method, **config.sampling[method])
@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from score_jax import ema as ema_lib
 from score_jax import losses
 from score_jax import models
 from score_jax import pretrained as pretrained_lib
@@ -40,7 +41,7 @@ from score_jax import score_fn as score_fn_lib
 from score_jax import sde as sde_lib
 from score_jax import sharding as sharding_lib
 from score_jax import train_state as ts_lib
-from score_jax.experiment.checks import ConfigDict, ConfigError, as_dict, check, config_field, is_int
+from score_jax.experiment.checks import ConfigDict, ConfigError, as_dict, check, config_field, is_int, is_number
 from score_jax.experiment.data import Data, ImageData, build_data, build_sde
 from score_jax.experiment.state import abstract_batch, init_params
 
@@ -87,7 +88,7 @@ class Setup:
     loss_fn: ``loss_fn(key, sde, score_fn, x) -> scalar`` with the config's options bound.
     parametrization: how the network output becomes a score (``score_fn.get_score_fn``).
     conditioning: what the network is conditioned on (t, σ̃(t) or 999·t; ``score_fn.CONDITIONINGS``).
-    ema_rate: EMA decay of the parameters.
+    ema: the parameter averages training tracks (``config.model.ema``; ``score_jax.ema.EMA``).
     num_classes: classes of a class-conditional network; 0 when unconditional.
     label_dropout: probability of replacing a label by the null id while training
       (classifier-free guidance); 0 disables.
@@ -102,6 +103,10 @@ class Setup:
     pretrained: a converted published checkpoint (``score_jax.pretrained`` export) that
       sample / eval use instead of the workdir's checkpoints; "" for none.
     sigma_data: σ_d of the "edm" parametrization and loss weighting (``config.model.sigma_data``).
+    sample_params: which parameters sample, eval and the controllable modes read
+      (``config.sampling.params``): "ema" (the state's EMA), "raw" (the trained parameters of a
+      full checkpoint), "power_<σ_rel>" (a tracked power-EMA snapshot) or "posthoc_<σ_rel>" (a
+      ``--mode=posthoc_ema`` reconstruction).
   """
 
   sde: sde_lib.SDE
@@ -112,7 +117,7 @@ class Setup:
   loss_fn: Callable[..., Array]
   parametrization: str
   conditioning: str
-  ema_rate: float
+  ema: ema_lib.EMA
   num_classes: int
   label_dropout: float
   batch_size: int
@@ -125,6 +130,7 @@ class Setup:
   pretrained: str = ""
   grad_accum: int = 1
   sigma_data: float = 0.5
+  sample_params: str = "ema"
 
   @property
   def data_shape(self) -> tuple[int, ...]:
@@ -163,9 +169,6 @@ def _validate_training(config: ConfigDict) -> None:
   check(0.0 <= op.b1 < 1.0, "config.optim.b1", f"must lie in [0, 1), got {op.b1!r}.")
   check(0.0 <= op.b2 < 1.0, "config.optim.b2", f"must lie in [0, 1), got {op.b2!r}.")
   check(op.eps > 0, "config.optim.eps", f"must be > 0, got {op.eps!r}.")
-  rate = config.model.ema_rate
-  check(isinstance(rate, (int, float)) and 0.0 <= rate < 1.0, "config.model.ema_rate",
-        f"must lie in [0, 1), got {rate!r}.")
   check(isinstance(tr.get("fsdp", False), bool), "config.training.fsdp",
         f"must be True or False, got {tr.get('fsdp')!r}.")
   min_size = tr.get("fsdp_min_size", sharding_lib.FSDP_MIN_SIZE)
@@ -182,6 +185,85 @@ def _validate_training(config: ConfigDict) -> None:
   accum = tr.get("grad_accum", 1)
   check(is_int(accum) and accum >= 1, "config.training.grad_accum",
         f"must be an integer >= 1 (micro-batches per step), got {accum!r}.")
+
+
+SAMPLE_PARAMS = ("ema", "raw")  # besides power_<σ_rel> and posthoc_<σ_rel>
+
+
+def build_ema(config: ConfigDict) -> ema_lib.EMA:
+  """``config.model.ema`` as an ``ema.EMA``.  A config without the section (a run trained before
+  it existed) has score_sde's classic EMA at ``config.model.ema_rate`` with no ramp-up."""
+  model = config.model
+  if "ema" not in model:
+    rate = model.get("ema_rate", 0.999)
+    check(is_number(rate) and 0.0 <= rate < 1.0, "config.model.ema_rate", f"must lie in [0, 1), got {rate!r}.")
+    return ema_lib.EMA(kind="classic", rate=float(rate), rampup_ratio=0.0)
+  check("ema_rate" not in model, "config.model.ema_rate",
+        "has moved to config.model.ema.rate (with config.model.ema.kind, rampup_ratio, sigma_rels); set it there.")
+  e = model.ema
+  known = {"kind", "rate", "rampup_ratio", "sigma_rels", "snapshot_freq"}
+  unknown = sorted(set(e.keys()) - known)
+  check(not unknown, f"config.model.ema.{unknown[0] if unknown else ''}",
+        f"is not a field of config.model.ema; its fields are {sorted(known)}.")
+  kind = e.get("kind", "classic")
+  check(kind in ema_lib.KINDS, "config.model.ema.kind", f"unknown {kind!r}; choose one of {list(ema_lib.KINDS)}.")
+  rate = e.get("rate", 0.999)
+  check(is_number(rate) and 0.0 <= rate < 1.0, "config.model.ema.rate",
+        f"must lie in [0, 1) (score_sde's ema_rate), got {rate!r}.")
+  ratio = e.get("rampup_ratio", 0.0)
+  check(is_number(ratio) and ratio >= 0.0, "config.model.ema.rampup_ratio",
+        f"must be a number >= 0 (EDM: 0.05; 0: no ramp-up, score_sde), got {ratio!r}.")
+  sigma_rels = e.get("sigma_rels", ())
+  if is_number(sigma_rels):
+    sigma_rels = (sigma_rels,)
+  check(isinstance(sigma_rels, (tuple, list)), "config.model.ema.sigma_rels",
+        f"must be a tuple of σ_rel values (EDM2: (0.05, 0.10)), got {sigma_rels!r}.")
+  freq = e.get("snapshot_freq", 1)
+  check(is_int(freq) and freq >= 1, "config.model.ema.snapshot_freq",
+        f"must be an integer >= 1 (steps between power-EMA snapshots), got {freq!r}.")
+  if kind == "power":
+    check(len(sigma_rels) >= 1, "config.model.ema.sigma_rels", "must name at least one σ_rel (EDM2: (0.05, 0.10)).")
+    sigma_rels = tuple(_sigma_rel(v, "config.model.ema.sigma_rels") for v in sigma_rels)
+    check(len(set(sigma_rels)) == len(sigma_rels), "config.model.ema.sigma_rels", f"repeats a value: {sigma_rels}.")
+  else:
+    sigma_rels = ()
+  return ema_lib.EMA(kind=kind, rate=float(rate), rampup_ratio=float(ratio), sigma_rels=sigma_rels)
+
+
+def _sigma_rel(value: Any, field: str) -> float:
+  try:
+    return ema_lib.check_sigma_rel(value, field)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def sample_params(config: ConfigDict) -> str:
+  """``config.sampling.params``, checked and written canonically (``posthoc_0.08`` -> ``posthoc_0.080``)."""
+  field = "config.sampling.params"
+  value = config.sampling.get("params", "ema")
+  if value in SAMPLE_PARAMS:
+    pass
+  else:
+    kind, _, number = str(value).partition("_")
+    check(kind in ema_lib.PROFILE_KINDS and number, field,
+          f"unknown {value!r}; choose 'ema', 'raw', 'power_<σ_rel>' (a tracked power-EMA snapshot) or "
+          f"'posthoc_<σ_rel>' (a --mode=posthoc_ema reconstruction), e.g. 'posthoc_0.080'.")
+    try:
+      sigma = float(number)
+    except ValueError:
+      raise ConfigError(f"{field}: {number!r} in {value!r} is not a number; e.g. 'posthoc_0.080'.") from None
+    value = ema_lib.profile_name(kind, _sigma_rel(sigma, field))
+  if config.model.get("pretrained", ""):
+    check(value == "ema", field, f"is {value!r}, but config.model.pretrained holds one set of (EMA) parameters; "
+          "leave it 'ema'.")
+  ema = build_ema(config)
+  parsed = ema_lib.parse_profile_name(value)
+  if parsed is not None and parsed[0] == "power":
+    check(ema.kind == "power" and parsed[1] in ema.sigma_rels, field,
+          f"is {value!r}, but the run tracks " + (f"the power EMA at σ_rel {list(ema.sigma_rels)}" if ema.kind == "power"
+                                                 else "the classic EMA (config.model.ema.kind)") +
+          "; pick one of those, or reconstruct it with --mode=posthoc_ema.")
+  return value
 
 
 def _network_fields(config: ConfigDict, data: Data) -> dict[str, Any]:
@@ -278,14 +360,14 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
     options = sampling.resolve_options(sde, method, as_dict(config.sampling.get(method)))
   setup = Setup(sde=sde, data=data, model=model, tx=tx, lr_schedule=lr_schedule, loss_fn=loss_fn,
                 parametrization=parametrization, conditioning=conditioning,
-                ema_rate=float(config.model.ema_rate), num_classes=int(fields.get("num_classes", 0) or 0),
+                ema=build_ema(config), num_classes=int(fields.get("num_classes", 0) or 0),
                 label_dropout=float(config.training.get("label_dropout", 0.0)),
                 batch_size=config.training.batch_size,
                 skip_nonfinite=bool(config.training.get("skip_nonfinite", False)), mesh=mesh,
                 sampling_method=method, sampling_options=options, seed=config.seed,
                 centered=bool(config.data.get("centered", True)) if isinstance(data, ImageData) else True,
                 pretrained=str(config.model.get("pretrained", "") or ""), grad_accum=accum,
-                sigma_data=float(sigma_data))
+                sigma_data=float(sigma_data), sample_params=sample_params(config))
   # Trace (never compile) the loss, first with an exact-shape stand-in score, then with the
   # network: a wrong loss option or a network that does not return x's shape fails here.
   k = keys(config.seed)

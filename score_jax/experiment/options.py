@@ -15,6 +15,7 @@ import functools
 from typing import Any, Optional
 
 from configs import common as config_defaults
+from score_jax import ema as ema_lib
 from score_jax import likelihood
 from score_jax import sharding as sharding_lib
 from score_jax.models import classifier as classifier_lib
@@ -59,7 +60,9 @@ def sample_options(config: ConfigDict) -> SampleOptions:
 
 @dataclasses.dataclass(frozen=True)
 class TrainOptions:
-  """``config.training``'s loop fields (``build`` checks them; the loss and batch live in ``Setup``)."""
+  """``config.training``'s loop fields (``build`` checks them; the loss and batch live in ``Setup``),
+  and ``ema_snapshot_freq``, the steps between power-EMA snapshots (``config.model.ema.snapshot_freq``;
+  0 without the power EMA)."""
 
   num_steps: int
   snapshot_freq: int
@@ -68,6 +71,7 @@ class TrainOptions:
   sample_freq: int
   fsdp: bool
   fsdp_min_size: int
+  ema_snapshot_freq: int = 0
 
 
 def train_options(config: ConfigDict) -> TrainOptions:
@@ -75,7 +79,16 @@ def train_options(config: ConfigDict) -> TrainOptions:
   return TrainOptions(num_steps=int(tr.num_steps), snapshot_freq=int(tr.snapshot_freq), max_to_keep=int(tr.max_to_keep),
                       log_freq=int(tr.log_freq), sample_freq=int(tr.get("sample_freq", 0)),
                       fsdp=bool(tr.get("fsdp", False)),
-                      fsdp_min_size=int(tr.get("fsdp_min_size", sharding_lib.FSDP_MIN_SIZE)))
+                      fsdp_min_size=int(tr.get("fsdp_min_size", sharding_lib.FSDP_MIN_SIZE)),
+                      ema_snapshot_freq=_ema_snapshot_freq(config))
+
+
+def _ema_snapshot_freq(config: ConfigDict) -> int:
+  """Steps between power-EMA snapshots (``config.model.ema.snapshot_freq``); 0 without the power EMA."""
+  ema = config.model.get("ema")
+  if ema is None or ema.get("kind", "classic") != "power":
+    return 0
+  return int_field(as_dict(ema), "snapshot_freq", 1, "config.model.ema")
 
 
 # --- the classifiers ----------------------------------------------------------------------
@@ -258,3 +271,47 @@ def eval_options(config: ConfigDict) -> EvalOptions:
       is_splits=integer("is_splits", 1), pr_k=integer("pr_k", 1), real_features_max=integer("real_features_max", 2),
       reference=e["reference"])
 
+
+
+# --- config.posthoc -----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PosthocOptions:
+  """``--mode=posthoc_ema`` (``config.posthoc``).
+
+  Attributes:
+    sigma_rels: the σ_rel of each profile to reconstruct (three decimals at most).
+    step: the step the profiles end at; None: the last snapshot.
+    max_error: the largest relative L2 error of a reconstructed profile that is accepted.
+  """
+
+  sigma_rels: tuple[float, ...]
+  step: Optional[int]
+  max_error: float
+
+
+def posthoc_options(config: ConfigDict) -> PosthocOptions:
+  """``config.posthoc`` (common's ``posthoc_section`` where a field or the section is missing), validated.
+
+  Raises:
+    ConfigError: a bad or unknown field, named in the message.
+  """
+  p = section(config, "posthoc", config_defaults.posthoc_section())
+  field = "config.posthoc.sigma_rel"
+  values = p["sigma_rel"]
+  values = (values,) if is_number(values) else values
+  check(isinstance(values, (tuple, list)) and len(values) >= 1, field,
+        "names no σ_rel; give one value or a list, e.g. --config.posthoc.sigma_rel=0.08 or "
+        "--config.posthoc.sigma_rel='(0.03,0.05,0.08,0.12)'.")
+  sigma_rels = []
+  for value in values:
+    try:
+      sigma_rels.append(ema_lib.check_sigma_rel(value, field))
+    except ValueError as e:
+      raise checks.ConfigError(str(e)) from None
+  step = p["step"]
+  check(step is None or (is_int(step) and step >= 1), "config.posthoc.step",
+        f"must be None (the last snapshot) or an integer >= 1, got {step!r}.")
+  max_error = p["max_error"]
+  check(is_number(max_error) and 0 < max_error < 1, "config.posthoc.max_error",
+        f"must be a number in (0, 1) (relative L2 error of a reconstructed profile), got {max_error!r}.")
+  return PosthocOptions(sigma_rels=tuple(sorted(set(sigma_rels))), step=step, max_error=float(max_error))

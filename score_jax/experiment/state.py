@@ -36,8 +36,9 @@ def init_params(setup: Setup, key: jax.Array) -> Any:
 
 
 def init_state(setup: Setup, key: jax.Array) -> ts_lib.TrainState:
-  """A fresh TrainState: network parameters from ``key`` and the optimizer's initial state."""
-  return ts_lib.create_train_state(init_params(setup, key), setup.tx)
+  """A fresh TrainState: network parameters from ``key``, their averages (``setup.ema``) and the
+  optimizer's initial state."""
+  return ts_lib.create_train_state(init_params(setup, key), setup.tx, setup.ema)
 
 
 def abstract_state(setup: Setup, key: jax.Array, sharding: Any = None) -> ts_lib.TrainState:

@@ -23,6 +23,7 @@ import numpy as np
 import tqdm
 
 from score_jax import checkpointing
+from score_jax import ema as ema_lib
 from score_jax import experiment
 from score_jax import sharding as sharding_lib
 from score_jax import train_state as ts_lib
@@ -173,10 +174,24 @@ class ScalarLog:
     self._writer.close()
 
 
+def write_ema_snapshots(workdir: str, ema: ema_lib.EMA, state: ts_lib.TrainState, step: int) -> None:
+  """The power EMA's profiles at ``step``, each as an export ``<workdir>/ema/power_<σ_rel>/<step>``
+  (what ``--mode=posthoc_ema`` combines); one that exists (a resumed run wrote it) is kept."""
+  if ema.kind != "power":
+    return
+  for sigma_rel, average in zip(ema.sigma_rels, state.averages):
+    checkpointing.export_params(workdir, step, average, profile=ema_lib.profile_name("power", sigma_rel))
+
+
 def train_loop(step_fn: Callable, state: ts_lib.TrainState, feeder: BatchFeeder, ckpt: checkpointing.Checkpointer,
                 log: ScalarLog, preemption: Preemption, *, start_step: int, num_steps: int, snapshot_freq: int,
-                sample_freq: int, grid: Callable[[ts_lib.TrainState, int], None]) -> tuple[ts_lib.TrainState, bool]:
+                sample_freq: int, grid: Callable[[ts_lib.TrainState, int], None], ema_snapshot_freq: int = 0,
+                ema_snapshot: Optional[Callable[[ts_lib.TrainState, int], None]] = None) -> tuple[ts_lib.TrainState, bool]:
   """Runs steps start_step..num_steps−1; returns (state, preempted).
+
+  Every ``snapshot_freq`` steps a checkpoint, every ``sample_freq`` a sample grid (``grid``),
+  every ``ema_snapshot_freq`` the power-EMA snapshots (``ema_snapshot``), each before the last
+  step (the caller saves and writes those of the final step).
 
   The metrics of step s are read back after step s + 1 has been dispatched, so the host
   never stalls the device; a non-finite loss stops the loop before its state is checkpointed.
@@ -213,6 +228,9 @@ def train_loop(step_fn: Callable, state: ts_lib.TrainState, feeder: BatchFeeder,
     if done % snapshot_freq == 0 and done < num_steps:
       settle()
       ckpt.save(done, state)
+    if ema_snapshot is not None and ema_snapshot_freq and done % ema_snapshot_freq == 0 and done < num_steps:
+      settle()
+      ema_snapshot(state, done)
     if sample_freq and done % sample_freq == 0 and done < num_steps:
       settle()
       grid(state, done)

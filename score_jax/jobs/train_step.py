@@ -76,7 +76,7 @@ def make_train_step(setup: experiment.Setup, *,
       zeros = (jnp.zeros((), jnp.result_type(x, jnp.float32)), jax.tree.map(jnp.zeros_like, state.params))
       (loss, grads), _ = jax.lax.scan(micro_step, zeros, jnp.arange(setup.grad_accum))
     grad_norm = optax.global_norm(grads)
-    new_state = ts_lib.apply_gradients(state, grads, setup.tx, ema_rate=setup.ema_rate)
+    new_state = ts_lib.apply_gradients(state, grads, setup.tx, ema=setup.ema)
     skipped = jnp.zeros((), jnp.bool_)
     if setup.skip_nonfinite:
       skipped = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))

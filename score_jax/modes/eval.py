@@ -31,9 +31,9 @@ Workdir layout (nothing is ever overwritten)::
     <workdir>/classifier/params.npz, info.json     the in-domain classifier (config.eval.classifier_dir)
     <workdir>/fid_stats/<extractor>_<split>.npz     FeatureStats (mu, sigma) of a real split
     <workdir>/fid_stats/<extractor>_<split>_features.npz   features / logits of (a subset of) it
-    <workdir>/eval/results.jsonl                    one line per evaluated checkpoint
+    <workdir>/eval/results.jsonl                    one line per evaluated checkpoint (and config.sampling.params)
     <workdir>/eval/reference.json                   real held-out data and uniform noise, scored the same way
-    <workdir>/eval/samples_step{S}.png              the first 64 samples of step S
+    <workdir>/eval/samples_step{S}.png              the first 64 samples of step S (_<params> unless "ema")
     <workdir>/eval/tensorboard/                     the scalars of every line, by step
 
 Preemption: a line is appended only when its step is done; a restarted eval skips the
@@ -133,7 +133,7 @@ class _Evaluator:
                       "skipped.", step)
       return None
     _, params = found
-    record: dict[str, Any] = {"step": int(step)}
+    record: dict[str, Any] = {"step": int(step), "params": self.setup.sample_params}
     if self.loss is not None:
       t0 = time.perf_counter()
       record["loss"] = self.loss(params)
@@ -175,7 +175,8 @@ class _Evaluator:
       metrics = sample_metrics.target_quality(keys_lib.quality_key(setup.seed, "eval", step), x, setup.data.target)
       out.update({k: v for k, v in metrics.items() if k not in ("num_samples", "target_weights")})
     else:
-      png = os.path.join(self.eval_dir, f"samples_step{step}.png")
+      which = "" if setup.sample_params == "ema" else f"_{setup.sample_params}"
+      png = os.path.join(self.eval_dir, f"samples_step{step}{which}.png")
       if writers.main_process() and not os.path.exists(png):
         writers.save_grid(png, x[:GRID_SIZE], setup.data.data_range,
                           labels=self.draw.control.sample_labels(min(GRID_SIZE, x.shape[0])))
@@ -193,7 +194,7 @@ class _Evaluator:
 def run(config: experiment.ConfigDict, workdir: str) -> EvalOutput:
   """``--mode=eval``: evaluates the checkpoints of ``workdir`` in [begin_step, end_step].
 
-  Steps already in ``<workdir>/eval/results.jsonl`` are skipped.  With ``config.eval.wait``
+  Steps already in ``<workdir>/eval/results.jsonl`` (for the same ``config.sampling.params``) are skipped.  With ``config.eval.wait``
   the call polls every ``poll_seconds`` (logging what it waits for) until the end step is
   evaluated (``end_step``, or ``config.training.num_steps`` when it is 0) or
   ``wait_timeout_seconds`` pass without a new checkpoint; without it, it evaluates what is
@@ -231,7 +232,8 @@ def run(config: experiment.ConfigDict, workdir: str) -> EvalOutput:
     if opts.reference:
       features.reference(setup.seed, workdir, data=setup.data, extractor=extractor, train=train, opts=opts)
 
-  done = {r["step"] for r in read_results(workdir) if "step" in r}
+  # Records of other parameters (config.sampling.params) of the same steps are not this call's.
+  done = {r["step"] for r in read_results(workdir) if "step" in r and r.get("params", "ema") == setup.sample_params}
   skipped = [s for s in in_range() if s in done]
   if skipped:
     logging.info("Steps %s are already in %s; skipped.", skipped, results_path(workdir))

@@ -38,12 +38,16 @@ def run(config: experiment.ConfigDict, workdir: str) -> writers.Output:
   t0 = time.perf_counter()
   draw = sampler_lib.make_sampler(setup, opts.num_samples, control, batch_size=opts.batch_size)
   x, nfe = draw(params, keys_lib.draw_key(setup.seed, "sample", step, k))
-  extra = {"step": step, "draw": k, "workdir": os.path.abspath(workdir), "nfe": nfe,
+  extra = {"step": step, "draw": k, "workdir": os.path.abspath(workdir), "params": setup.sample_params, "nfe": nfe,
            "sample_time_s": time.perf_counter() - t0, "num_samples": int(x.shape[0]),
            "sampling": {"method": setup.sampling_method, **setup.sampling_options}, **control.record}
   metrics = writers.write_samples(
       setup, x, png=os.path.join(out, "samples.png"), npz=os.path.join(out, "samples.npz"),
-      metrics_json=os.path.join(out, "metrics.json"), title=f"{setup.data.name}, EMA model at step {step}, draw {k}",
+      metrics_json=os.path.join(out, "metrics.json"), title=f"{setup.data.name}, {_params_title(setup.sample_params)} at step {step}, draw {k}",
       quality_key=keys_lib.quality_key(setup.seed, "sample", step, k), extra=extra,
       labels=control.sample_labels(x.shape[0]))
   return writers.Output(folder=out, metrics=metrics)
+
+
+def _params_title(which: str) -> str:
+  return {"ema": "EMA model", "raw": "raw parameters"}.get(which, which.replace("_", " σ_rel "))

@@ -21,6 +21,9 @@ Workdir layout::
     <workdir>/config_step{S}.json         ... of a run resumed at step S with a changed config
     <workdir>/checkpoints/<step>/         Orbax checkpoints of the TrainState (async)
     <workdir>/ema/<step>/                 EMA parameters only, exported at the end of training
+    <workdir>/ema/power_<σ_rel>/<step>/   power EMA (config.model.ema.kind="power"): each tracked profile,
+                                          every config.model.ema.snapshot_freq steps and at the end
+    <workdir>/ema/posthoc_<σ_rel>/<step>/ written by --mode=posthoc_ema
     <workdir>/tensorboard/                scalars: loss, loss_ema, grad_norm, lr, images_per_s, ...
     <workdir>/samples_step{S}.png         samples of the EMA model (image grid or toy scatter)
     <workdir>/samples_step{S}.npz         ... as arrays (images)
@@ -199,7 +202,9 @@ def _train(config: ConfigDict, workdir: str, setup: experiment.Setup, opts: expe
         state, preempted = train_loop.train_loop(
             step_fn, state, feeder, ckpt, log, preemption, start_step=start_step, num_steps=num_steps,
             snapshot_freq=opts.snapshot_freq, sample_freq=opts.sample_freq,
-            grid=lambda state, step: _sample_grid(setup, sampler, control, state, step, workdir, log))
+            grid=lambda state, step: _sample_grid(setup, sampler, control, state, step, workdir, log),
+            ema_snapshot_freq=opts.ema_snapshot_freq,
+            ema_snapshot=lambda state, step: train_loop.write_ema_snapshots(workdir, setup.ema, state, step))
     finally:
       feeder.close()
       log.close()
@@ -214,6 +219,7 @@ def _train(config: ConfigDict, workdir: str, setup: experiment.Setup, opts: expe
     ckpt.close()
 
   checkpointing.export_params(workdir, num_steps, state.ema_params)  # every process takes part in an Orbax save
+  train_loop.write_ema_snapshots(workdir, setup.ema, state, num_steps)
   extra = {"step": num_steps, "start_step": start_step, "train_time_s": train_time,
            "steps_per_s": (num_steps - start_step) / train_time if num_steps > start_step else None,
            "final_loss": log.last_loss, "num_params": experiment.num_params(state.params),
