@@ -193,7 +193,7 @@ def main() -> None:
             "—" if r["init_weight"] is None else f"{r['init_weight']:.3g}",
             "—" if r["profile_error"] is None else f"{r['profile_error']:.3f}",
             " / ".join(f"{f:.2f}" for f in r["fids"]), f"{r['mean_fid']:.2f}") for r in results["rows"]]
-  table = _format(head, lines, args.markdown)
+  table = recipes.format_table(head, lines, args.markdown)
   with open(os.path.join(out, "table.md" if args.markdown else "table.txt"), "x") as f:
     f.write(table + "\n\n" + text + "\n")
   plot(results, os.path.join(out, "fid_vs_sigma_rel.png"))
@@ -210,12 +210,13 @@ def plot(results: dict[str, Any], path: str) -> None:
   ax.errorbar([r["sigma_rel"] for r in post], [r["mean_fid"] for r in post],
               yerr=[[r["mean_fid"] - min(r["fids"]) for r in post], [max(r["fids"]) - r["mean_fid"] for r in post]],
               marker="o", capsize=3, label="post-hoc power EMA (one run, 40 snapshot steps)")
-  styles = iter(["--", ":", "-.", (0, (1, 3))])
-  for r in results["rows"]:
-    if r["params"].startswith("posthoc"):
-      continue
-    label = r["title"] + (f" (σ_rel ≈ {r['sigma_rel']:.3f})" if r["sigma_rel"] is not None else "")
-    ax.axhline(r["mean_fid"], linestyle=next(styles), color="gray", label=label)
+  for r, marker in zip((r for r in results["rows"] if r["params"] == "ema"), ("s", "^", "D")):
+    fids = r["fids"]
+    ax.errorbar([r["sigma_rel"]], [r["mean_fid"]], yerr=[[r["mean_fid"] - min(fids)], [max(fids) - r["mean_fid"]]],
+                marker=marker, linestyle="none", capsize=3,
+                label=f"{r['title']} (at its σ_rel, weight {r['init_weight']:.2g} on θ_0)")
+  raw = next(r for r in results["rows"] if r["params"] == "raw")
+  ax.axhline(raw["mean_fid"], linestyle="--", color="gray", label=raw["title"])
   recipes.save_log_plot(fig, ax, path, "σ_rel (EMA length relative to the run)", "in-domain FID, EDM Heun 35 NFE")
 
 

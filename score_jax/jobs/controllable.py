@@ -69,6 +69,7 @@ def solve(mode: str, setup: experiment.Setup, opts: experiment.ControllableOptio
   samples, timing = draw(setup, problem, control, params, keys_lib.draw_key(setup.seed, mode, step, k),
                          batch_size=sample_opts.batch_size)
   metrics = observation_metrics.metrics_of(mode, step, k, workdir, problem, opts, setup, control, samples, timing, classifier=classifier)
+  metrics["params"] = setup.sample_params
   if mode == "inpaint":
     metrics.update(observation_metrics.mask_record(opts))
   write(out, setup, problem, samples, step, metrics)
