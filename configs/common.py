@@ -230,8 +230,10 @@ def noisy_classifier_section() -> ml_collections.ConfigDict:
 def guidance_section() -> ml_collections.ConfigDict:
   """``config.guidance``: class guidance of the sampling modes (none, classifier, cfg)."""
   # Class guidance of --mode=sample, inpaint and colorize (score_jax/jobs/control.py documents
-  # each field): kind "none", "classifier" (the noise-conditional classifier above) or "cfg"
-  # (classifier-free guidance).
+  # each field): kind "none", "classifier" (the noise-conditional classifier above), "cfg"
+  # (classifier-free guidance) or "autoguidance" (guided by a worse model of the same task:
+  # another run's or an earlier checkpoint's EMA, guide_workdir / guide_step).  Every kind can
+  # be limited to σ_lo < σ <= σ_hi with sigma_interval = (σ_lo, σ_hi) (None: every σ).
   g = ml_collections.ConfigDict()
   g.kind = "none"
   g.labels = ()  # requested classes, cycled over the samples; empty: 0 … K−1
@@ -244,6 +246,9 @@ def guidance_section() -> ml_collections.ConfigDict:
   g.ratio = 1.0
   g.sigma_classifier_max = config_dict.placeholder(float)
   g.w = 1.0
+  g.sigma_interval = config_dict.placeholder(tuple)
+  g.guide_workdir = ""  # autoguidance: the guiding run ("": this workdir, e.g. an earlier step)
+  g.guide_step = config_dict.placeholder(int)  # autoguidance: its step (None: its latest)
   return g
 
 

@@ -16,6 +16,12 @@ unchanged.
   per example, and recorded along a sampling trajectory against σ.
 * ``classifier_free_guidance`` (Ho & Salimans 2022): (1 + w) s(x, t, y) − w s(x, t, ∅) in
   one batched network call.
+* ``autoguidance`` (Karras et al., "Guiding a Diffusion Model with a Bad Version of Itself",
+  NeurIPS 2024, eq. 1): (1 + w) s_good(x, t) − w s_bad(x, t), the bad model a smaller or
+  less-trained one of the same task; EDM2's guidance weight is 1 + w.
+* ``sigma_interval`` of every kind (Kynkäänniemi et al., "Applying Guidance in a Limited
+  Interval Improves Sample and Distribution Quality in Diffusion Models", NeurIPS 2024):
+  guidance only for σ_lo < σ ≤ σ_hi, the unguided score elsewhere (``in_interval``).
 * ``posterior_guidance``: inpainting / colorization by the gradient of a Gaussian
   approximation of log p(y_Ω | x(t)) around the Tweedie denoiser (Song et al. 2023,
   "Pseudoinverse-guided diffusion models", ΠGDM; Chung et al. 2023, DPS), the alternative to
@@ -49,6 +55,27 @@ LogProbFn = Callable[[Array, Array], Array]  # (x [B, ...], t [B]) -> log-probs 
 LabeledScoreFn = Callable[[Array, Array, Array], Array]  # (x [B, ...], t [B], labels [B]) -> [B, ...]
 
 STRATEGIES = ("constant", "linear", "truncated", "norm_ratio")
+Interval = Optional[tuple[float, float]]
+
+
+def check_interval(sigma_interval: Interval) -> Interval:
+  """``sigma_interval`` as (σ_lo, σ_hi) with 0 ≤ σ_lo < σ_hi (σ_hi may be inf), or None."""
+  if sigma_interval is None:
+    return None
+  ok = isinstance(sigma_interval, (tuple, list)) and len(sigma_interval) == 2 and all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) for v in sigma_interval)
+  if not ok or not 0.0 <= sigma_interval[0] < sigma_interval[1]:
+    raise ValueError(f"guidance sigma_interval={sigma_interval!r} must be (σ_lo, σ_hi) with 0 <= σ_lo < σ_hi "
+                     "(guidance for σ_lo < σ <= σ_hi; Kynkäänniemi et al. 2024).")
+  return float(sigma_interval[0]), float(sigma_interval[1])
+
+
+def in_interval(sigma: Array, sigma_interval: Interval) -> Array:
+  """1 where σ_lo < σ ≤ σ_hi, else 0, [B] in σ's dtype (all ones for None)."""
+  if sigma_interval is None:
+    return jnp.ones_like(sigma)
+  lo, hi = sigma_interval
+  return ((sigma > lo) & (sigma <= hi)).astype(sigma.dtype)
 
 
 def _norm(v: Array) -> Array:
@@ -78,6 +105,7 @@ class Guidance:
     ratio: "norm_ratio": ρ, so that ‖λ ∇log p_t(y|x)‖ = ρ ‖s(x, t)‖ for every example.
     sigma_classifier_max: any strategy: the classifier is evaluated at min(σ, this) (the
       report's σ_max_classifier ≈ 50, where its classifier stopped being useful); None: at σ.
+    sigma_interval: any strategy: λ is set to 0 outside σ_lo < σ ≤ σ_hi (``in_interval``); None: everywhere.
   """
 
   strategy: str = "constant"
@@ -90,6 +118,7 @@ class Guidance:
   sigma_hi: float = math.inf
   ratio: float = 1.0
   sigma_classifier_max: Optional[float] = None
+  sigma_interval: Interval = None
 
   def __post_init__(self):
     if self.strategy not in STRATEGIES:
@@ -113,6 +142,7 @@ class Guidance:
       _number(self.ratio, "ratio", minimum=0.0)
     if self.sigma_classifier_max is not None:
       _number(self.sigma_classifier_max, "sigma_classifier_max", minimum=0.0, strict=True)
+    object.__setattr__(self, "sigma_interval", check_interval(self.sigma_interval))
 
   def lambda_fn(self, sde: SDE) -> Callable[[Array], Array]:
     """λ(σ) [B] for σ [B] (not for "norm_ratio", whose λ depends on x: see ``norm_ratio_scale``).
@@ -212,6 +242,8 @@ def classifier_guidance(score_fn: ScoreFn, log_prob_fn: LogProbFn, labels: Array
       lam = norm_ratio_scale(score, grad, guidance.ratio)
     else:
       lam = lam_fn(sde.noise_level(t))
+    if guidance.sigma_interval is not None:
+      lam = lam * in_interval(sde.noise_level(t), guidance.sigma_interval)
     return score + bcast(lam, x) * grad
 
   return guided
@@ -255,7 +287,7 @@ def norm_ratio_trajectory(key: jax.Array, sde: SDE, score_fn: ScoreFn, log_prob_
 
 # Ho & Salimans 2022, "Classifier-free diffusion guidance", eq. 6, written for scores.
 def classifier_free_guidance(labeled_score_fn: LabeledScoreFn, labels: Array, *, w: float,
-                             null_label: int) -> ScoreFn:
+                             null_label: int, sde: Optional[SDE] = None, sigma_interval: Interval = None) -> ScoreFn:
   """(1 + w) s(x, t, y) − w s(x, t, ∅), both halves from ONE network call on a batch of 2B.
 
   Args:
@@ -265,11 +297,13 @@ def classifier_free_guidance(labeled_score_fn: LabeledScoreFn, labels: Array, *,
     labels: requested classes y [B] (int).
     w: guidance weight ≥ 0 (0: the conditional score; the sampled law sharpens as w grows).
     null_label: the id of ∅ (``num_classes`` for the networks here, ``layers.ClassEmbedding``).
+    sde, sigma_interval: guidance only for σ_lo < σ̃(t) ≤ σ_hi (the conditional score elsewhere).
 
   Returns:
     ``guided(x [B, ...], t [B]) -> [B, ...]``.
   """
   _number(w, "w", minimum=0.0)
+  sigma_interval = _interval_with_sde(sigma_interval, sde)
   labels = jnp.asarray(labels, jnp.int32)
 
   def guided(x: Array, t: Array) -> Array:
@@ -277,8 +311,53 @@ def classifier_free_guidance(labeled_score_fn: LabeledScoreFn, labels: Array, *,
     t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (n,))
     both = labeled_score_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
                             jnp.concatenate([labels, jnp.full((n,), null_label, jnp.int32)]))  # [2B, ...]
-    cond, uncond = both[:n], both[n:]
-    return (1.0 + w) * cond - w * uncond
+    return _combine(both[:n], both[n:], w, t, sde, sigma_interval)
+
+  return guided
+
+
+def _interval_with_sde(sigma_interval: Interval, sde: Optional[SDE]) -> Interval:
+  sigma_interval = check_interval(sigma_interval)
+  if sigma_interval is not None and sde is None:
+    raise ValueError("guidance sigma_interval needs the sde (σ = sde.noise_level(t)).")
+  return sigma_interval
+
+
+def _combine(good: Array, bad: Array, w: float, t: Array, sde: Optional[SDE], sigma_interval: Interval) -> Array:
+  """(1 + w) good − w bad, with w set to 0 outside ``sigma_interval``."""
+  if sigma_interval is None:
+    return (1.0 + w) * good - w * bad
+  w_t = bcast(w * in_interval(sde.noise_level(t), sigma_interval), good)
+  return (1.0 + w_t) * good - w_t * bad
+
+
+# Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself", eq. 1, for scores.
+def autoguidance(score_fn: Optional[ScoreFn], guide_score_fn: Optional[ScoreFn] = None, *, w: float,
+                 pair_fn: Optional[Callable[[Array, Array], tuple[Array, Array]]] = None,
+                 sde: Optional[SDE] = None, sigma_interval: Interval = None) -> ScoreFn:
+  """(1 + w) s_good(x, t) − w s_bad(x, t): the model guided away from a worse version of itself.
+
+  Args:
+    score_fn: the good model's score; with ``guide_score_fn`` the bad (guiding) one's: two calls.
+    pair_fn: instead of the two, ``(x, t) -> (s_good, s_bad)`` in one call (the jobs' shared-
+      architecture case: both parameter sets in one batched network evaluation).
+    w: guidance weight ≥ 0 (0: the good model alone; EDM2's weight is 1 + w).
+    sde, sigma_interval: guidance only for σ_lo < σ̃(t) ≤ σ_hi (the good score elsewhere).
+
+  Returns:
+    ``guided(x [B, ...], t [B]) -> [B, ...]``.
+  """
+  _number(w, "w", minimum=0.0)
+  sigma_interval = _interval_with_sde(sigma_interval, sde)
+  if (pair_fn is None) == (score_fn is None or guide_score_fn is None):
+    raise ValueError("autoguidance takes score_fn and guide_score_fn, or pair_fn alone.")
+  if pair_fn is None:
+    pair_fn = lambda x, t: (score_fn(x, t), guide_score_fn(x, t))
+
+  def guided(x: Array, t: Array) -> Array:
+    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+    good, bad = pair_fn(x, t)
+    return _combine(good, bad, w, t, sde, sigma_interval)
 
   return guided
 

@@ -234,3 +234,111 @@ def test_posterior_guidance_single_step(name):
       k = s**2 * np.eye(4)
       k[np.ix_(~known, ~known)] += m**2 * np.asarray(cond.cov, np.float64)
       np.testing.assert_allclose(exact[b], -np.linalg.solve(k, x[b] - mean_t), rtol=1e-4, atol=1e-4)
+
+
+# --- a limited guidance interval and autoguidance (Kynkäänniemi et al. 2024; Karras et al. 2024) ---
+def test_interval_is_open_below_closed_above_and_lambda_is_exactly_zero_outside():
+  sde = SDES["ve"]
+  sigma = jnp.array([0.1, 0.5, 0.50001, 1.0, 2.0, 2.00001, 30.0])
+  np.testing.assert_array_equal(guidance.in_interval(sigma, (0.5, 2.0)), [0, 0, 1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(guidance.in_interval(sigma, None), 1.0)
+  x = jax.random.normal(jax.random.PRNGKey(5), (6, 2)) * 2.0
+  t = sde.time_from_noise_level(jnp.array([0.2, 0.4, 0.8, 1.5, 3.0, 8.0]))
+  inside = np.asarray(guidance.in_interval(sde.noise_level(t), (0.5, 2.0)), bool)
+  assert inside.tolist() == [False, False, True, True, False, False]
+  labels = jnp.array([0, 1, 2, 0, 1, 2])
+  score, clf = MIX.score_fn(sde), MIX.classifier_fn(sde)
+  for strategy in (guidance.Guidance("constant", scale=4.0, sigma_interval=(0.5, 2.0)),
+                   guidance.Guidance("norm_ratio", ratio=0.5, sigma_interval=(0.5, 2.0))):
+    out = guidance.classifier_guidance(score, clf, labels, sde=sde, guidance=strategy)(x, t)
+    np.testing.assert_array_equal(out[~inside], score(x, t)[~inside])  # λ = 0 exactly
+    assert np.all(np.abs(out[inside] - score(x, t)[inside]) > 1e-6)
+  labeled = lambda x, t, l: MIX.conditional_score(x, t, l, sde)
+  cfg = guidance.classifier_free_guidance(labeled, labels, w=2.0, null_label=3, sde=sde, sigma_interval=(0.5, 2.0))(x, t)
+  cond, uncond = MIX.conditional_score(x, t, labels, sde), MIX.score(x, t, sde)
+  np.testing.assert_array_equal(cfg[~inside], cond[~inside])
+  np.testing.assert_allclose(cfg[inside], (3.0 * cond - 2.0 * uncond)[inside], rtol=1e-5, atol=1e-5)
+  for bad in ((2.0, 0.5), (-1.0, 1.0), (1.0,)):
+    with pytest.raises(ValueError, match="sigma_interval"):
+      guidance.check_interval(bad)
+  with pytest.raises(ValueError, match="needs the sde"):
+    guidance.classifier_free_guidance(labeled, labels, w=1.0, null_label=3, sigma_interval=(0.5, 2.0))
+
+
+# Two classes on a line: class 0 has modes at −2 and +2 (weight ½ each), class 1 one mode at +6.
+LINE = toy.GaussianMixture(means=[[-2.0], [2.0], [6.0]], stds=[0.3] * 3, weights=[0.25, 0.25, 0.5])
+CLASS0 = toy.GaussianMixture(means=[[-2.0], [2.0]], stds=[0.3] * 2, weights=[0.5, 0.5])
+
+
+def _cfg_mode_shares(w, sigma_interval, n=4000):
+  sde = SDES["ve"]
+
+  def labeled(x, t, l):
+    return jnp.where((l == 0)[:, None], CLASS0.score(x, t, sde), LINE.score(x, t, sde))
+
+  score = guidance.classifier_free_guidance(labeled, jnp.zeros((n,), jnp.int32), w=w, null_label=1, sde=sde,
+                                            sigma_interval=sigma_interval)
+  x, _ = sampling.sample(jax.random.key(0), sde, score, (n, 1), "edm", num_steps=64)
+  x = np.asarray(x)[:, 0]
+  return np.mean(x < 0), np.mean((x > 0) & (x < 4)), np.mean(x > 4)
+
+
+def test_cfg_everywhere_drops_a_mode_and_a_limited_interval_keeps_both():
+  # At high noise p(class 0 | x) grows towards the left, so w = 3 there pushes every sample to −2.
+  left, right, other = _cfg_mode_shares(3.0, None)
+  assert right < 0.05 and other == 0.0, (left, right)
+  # Guidance only for σ ≤ 1, where the class-0 modes are apart: both keep their weight ½.
+  left, right, other = _cfg_mode_shares(3.0, (0.0, 1.0))
+  assert abs(left - 0.5) <= 0.05 and abs(right - 0.5) <= 0.05 and other < 0.005, (left, right, other)
+
+
+def _gaussian_score(sde, var):
+  """The exact score of N(0, var) under ``sde``: −x / (m(t)² var + s(t)²)."""
+  return lambda x, t: -x / (sde_lib.bcast(sde.mean_coeff(t), x) ** 2 * var + sde_lib.bcast(sde.marginal_std(t), x) ** 2)
+
+
+def autoguided_variance(w: float, n: int = 40_000) -> tuple[float, float]:
+  """(sampled variance, closed form) of the probability-flow ODE following the autoguided score
+  of a good N(0, 1) and a bad N(0, 1.5²) under VE.  The guided score is −a(v) x with
+  a(v) = (1 + w)/(1 + v) − w/(1.5² + v), v = s(t)², and dx/dv = ½ a(v) x, so from x(T) ~ N(0, σ_max²)
+  Var x(eps) = σ_max² ((1 + v₀)/(1 + v_T))^(1+w) ((1.5² + v_T)/(1.5² + v₀))^w."""
+  sde = SDES["ve"]
+  good, bad = 1.0, 1.5 ** 2
+  score = guidance.autoguidance(_gaussian_score(sde, good), _gaussian_score(sde, bad), w=w)
+  x, _ = sampling.sample(jax.random.key(0), sde, score, (n, 1), "ode", solver="tsit5", rtol=1e-6, atol=1e-6,
+                         denoise=False)
+  v0, vT = (float(sde.marginal_std(jnp.float32(t))) ** 2 for t in (sde.eps, sde.T))
+  closed = sde.prior_std ** 2 * ((good + v0) / (good + vT)) ** (1 + w) * ((bad + vT) / (bad + v0)) ** w
+  return float(np.var(np.asarray(x))), closed
+
+
+@pytest.mark.parametrize("w", [1.0, 2.0])
+def test_autoguided_gaussian_variance_follows_the_closed_form(w):
+  sampled, closed = autoguided_variance(w)
+  assert abs(sampled / closed - 1) < 0.02, (sampled, closed)
+  # Not the tilted density p_good^(1+w) / p_bad^w (variance 1 / ((1 + w) − w / 1.5²)): the ODE of a
+  # guided score does not sample it.
+  assert abs(closed * ((1 + w) - w / 1.5 ** 2) - 1) > 0.2
+
+
+def test_a_swapped_autoguidance_weight_fails_the_variance_test(monkeypatch):
+  def slipped(good, bad, w, t, sde, sigma_interval):  # w ↔ 1 − w
+    return (1.0 - w) * good + w * bad
+  monkeypatch.setattr(guidance, "_combine", slipped)
+  sampled, closed = autoguided_variance(1.0, n=4000)
+  assert abs(sampled / closed - 1) >= 0.02, (sampled, closed)
+
+
+def test_autoguidance_pair_fn_is_the_two_calls_and_bad_arguments_are_refused():
+  sde = SDES["vp"]
+  x = jax.random.normal(jax.random.PRNGKey(3), (5, 2))
+  t = jnp.array([0.1, 0.3, 0.5, 0.7, 0.9])
+  good, bad = MIX.score_fn(sde), MIX.component(0).score_fn(sde)
+  two = guidance.autoguidance(good, bad, w=1.5)(x, t)
+  one = guidance.autoguidance(None, w=1.5, pair_fn=lambda x, t: (good(x, t), bad(x, t)))(x, t)
+  np.testing.assert_array_equal(two, one)
+  np.testing.assert_allclose(two, 2.5 * good(x, t) - 1.5 * bad(x, t), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="score_fn and guide_score_fn, or pair_fn"):
+    guidance.autoguidance(good, w=1.0)
+  with pytest.raises(ValueError, match="w=-1"):
+    guidance.autoguidance(good, bad, w=-1.0)

@@ -23,7 +23,7 @@ from score_jax.experiment.components import Setup
 from score_jax.experiment.data import ImageData
 from score_jax.experiment.options import section
 
-GUIDANCE_KINDS = ("none", "classifier", "cfg")
+GUIDANCE_KINDS = ("none", "classifier", "cfg", "autoguidance")
 _STRATEGY_FIELDS = ("strategy", "scale", "scale_start", "scale_end", "sigma_min", "sigma_max", "sigma_lo", "sigma_hi",
                     "ratio", "sigma_classifier_max")
 # The fields each strategy reads (recorded in metrics.json); sigma_classifier_max applies to all.
@@ -39,10 +39,12 @@ class GuidanceOptions:
   Attributes:
     kind: one of ``GUIDANCE_KINDS``.
     labels: requested classes int32 [L] (sample j asks for labels[j mod L]); empty for "none".
-    w: classifier-free guidance weight.
+    w: classifier-free guidance's or autoguidance's weight.
     strategy: classifier guidance's ``guidance.Guidance`` (None for other kinds).
     classifier_dir: ``config.noisy_classifier.dir`` ("" : ``<workdir>/noisy_classifier``).
     record: the fields in use, for metrics.json.
+    sigma_interval: (σ_lo, σ_hi): guidance only for σ_lo < σ ≤ σ_hi; None: every σ.
+    guide_workdir, guide_step: autoguidance's guiding run ("": this workdir) and step (None: its latest).
   """
 
   kind: str
@@ -51,6 +53,9 @@ class GuidanceOptions:
   strategy: Optional[guidance_lib.Guidance] = None
   classifier_dir: str = ""
   record: dict = dataclasses.field(default_factory=dict)
+  sigma_interval: Optional[tuple[float, float]] = None
+  guide_workdir: str = ""
+  guide_step: Optional[int] = None
 
 
 def _labels(labels: Any, num_classes: int) -> np.ndarray:
@@ -76,6 +81,14 @@ def guidance_options(config: ConfigDict, setup: Setup) -> GuidanceOptions:
   check(kind in GUIDANCE_KINDS, "config.guidance.kind", f"unknown {kind!r}; choose one of {list(GUIDANCE_KINDS)}.")
   if kind == "none":
     return GuidanceOptions("none", np.zeros((0,), np.int32))
+  interval = g["sigma_interval"]
+  try:
+    interval = guidance_lib.check_interval(None if interval is None else tuple(interval))
+  except (ValueError, TypeError) as e:
+    raise checks.ConfigError(f"config.guidance.sigma_interval: {e}") from None
+  limited = {} if interval is None else {"sigma_interval": list(interval)}
+  if kind == "autoguidance":
+    return _autoguidance_options(g, setup, interval, limited)
   data = setup.data
   check(isinstance(data, ImageData), "config.guidance.kind",
         "class guidance needs labelled image data; toy targets have no classes.")
@@ -91,17 +104,39 @@ def guidance_options(config: ConfigDict, setup: Setup) -> GuidanceOptions:
           "with label_dropout > 0 (e.g. 0.1).")
     w = g["w"]
     check(is_number(w) and w >= 0, "config.guidance.w", f"must be a number >= 0, got {w!r}.")
-    return GuidanceOptions("cfg", labels, w=float(w), record={"kind": kind, "w": float(w), "labels": labels.tolist()})
+    return GuidanceOptions("cfg", labels, w=float(w), sigma_interval=interval,
+                           record={"kind": kind, "w": float(w), "labels": labels.tolist(), **limited})
   fields = {name: g[name] for name in _STRATEGY_FIELDS}
   with checks.config_field("config.guidance"):
-    strategy = guidance_lib.Guidance(**fields)
+    strategy = guidance_lib.Guidance(**fields, sigma_interval=interval)
     if strategy.strategy == "linear":
       strategy.lambda_fn(setup.sde)  # checks the σ range against the SDE's
   directory = section(config, "noisy_classifier", config_defaults.noisy_classifier_section())["dir"]
   check(isinstance(directory, str), "config.noisy_classifier.dir", f"must be a path string, got {directory!r}.")
   used = ("strategy", *_USED_FIELDS[strategy.strategy], "sigma_classifier_max")
-  record = {"kind": kind, **{k: fields[k] for k in used if fields[k] is not None}, "labels": labels.tolist()}
-  return GuidanceOptions("classifier", labels, strategy=strategy, classifier_dir=directory, record=record)
+  record = {"kind": kind, **{k: fields[k] for k in used if fields[k] is not None}, "labels": labels.tolist(), **limited}
+  return GuidanceOptions("classifier", labels, strategy=strategy, classifier_dir=directory, record=record,
+                         sigma_interval=interval)
+
+
+def _autoguidance_options(g: dict, setup: Setup, interval: Optional[tuple[float, float]],
+                          limited: dict) -> GuidanceOptions:
+  """Autoguidance: the weight, the guiding run and step; labels only for a class-conditional model."""
+  w = g["w"]
+  check(is_number(w) and w >= 0, "config.guidance.w", f"must be a number >= 0 (0: no guidance), got {w!r}.")
+  workdir, step = g["guide_workdir"], g["guide_step"]
+  check(isinstance(workdir, str), "config.guidance.guide_workdir", f"must be a path string, got {workdir!r}.")
+  check(step is None or (is_int(step) and step >= 0), "config.guidance.guide_step",
+        f"must be None (the guiding run's latest) or an integer >= 0, got {step!r}.")
+  check(workdir or step is not None, "config.guidance.guide_step",
+        "autoguidance needs a worse model: set guide_step to an earlier checkpoint of this run, or guide_workdir "
+        "to another run (e.g. a smaller network).")
+  labels = _labels(g["labels"], setup.num_classes) if setup.num_classes else np.zeros((0,), np.int32)
+  record = {"kind": "autoguidance", "w": float(w), "guide_workdir": workdir, "guide_step": step, **limited}
+  if setup.num_classes:
+    record["labels"] = labels.tolist()
+  return GuidanceOptions("autoguidance", labels, w=float(w), record=record, sigma_interval=interval,
+                         guide_workdir=workdir, guide_step=step)
 
 
 # --- config.controllable ------------------------------------------------------------------

@@ -5,8 +5,9 @@ A ``Control`` is
 * a score **source**: how the network's parameters (and the class each sample asks for)
   become the score the sampler follows — the network as it is (``network``: a class-
   conditional one with labels 0 … K−1 cycled over the samples), its unconditional score
-  (``unconditional``), classifier-free guidance (``classifier_free``) or classifier guidance
-  (``classifier_guided``);
+  (``unconditional``), classifier-free guidance (``classifier_free``), classifier guidance
+  (``classifier_guided``) or autoguidance by a worse model (``autoguided``), each limited to a
+  σ interval when asked;
 * score **transforms** applied after it, in order: posterior guidance of an observation
   (``jobs.observations``) wraps whichever source came first, so class guidance and inpainting
   combine;
@@ -141,13 +142,16 @@ def unconditional(setup: experiment.Setup) -> Control:
   return Control(source=lambda s, c: s.score_fn(c.params, None))
 
 
-def classifier_free(setup: experiment.Setup, labels: np.ndarray, w: float, record: Mapping[str, Any]) -> Control:
-  """Classifier-free guidance (Ho & Salimans 2022): (1 + w) s(x, t, y) − w s(x, t, ∅)."""
+def classifier_free(setup: experiment.Setup, labels: np.ndarray, w: float, record: Mapping[str, Any],
+                    sigma_interval: guidance_lib.Interval = None) -> Control:
+  """Classifier-free guidance (Ho & Salimans 2022): (1 + w) s(x, t, y) − w s(x, t, ∅), only for
+  σ in ``sigma_interval`` when given."""
   null = setup.num_classes
 
   def source(s: experiment.Setup, c: Chunk) -> ScoreFn:
     labeled = lambda x, t, lab: s.score_fn(c.params, lab)(x, t)
-    return guidance_lib.classifier_free_guidance(labeled, c.labels, w=float(w), null_label=null)
+    return guidance_lib.classifier_free_guidance(labeled, c.labels, w=float(w), null_label=null, sde=s.sde,
+                                                 sigma_interval=sigma_interval)
 
   return Control(source=source, labels=np.asarray(labels, np.int32), record={"guidance": dict(record)})
 
@@ -172,6 +176,63 @@ def classifier_guided(setup: experiment.Setup, classifier: classifiers.NoisyClas
                  record={"guidance": dict(record)})
 
 
+@dataclasses.dataclass(frozen=True)
+class Guide:
+  """Autoguidance's worse model: its components, EMA parameters, where they came from, and
+  whether it shares the guided network's architecture (then both run in one batched call)."""
+
+  setup: experiment.Setup
+  params: Any
+  workdir: str
+  step: int
+  shared: bool
+
+
+def load_guide(options: experiment.GuidanceOptions, setup: experiment.Setup, workdir: str) -> Guide:
+  """The guiding run of ``config.guidance`` (its own config.json and EMA parameters), checked
+  against the guided model: the same data shape, SDE and classes.
+
+  Raises:
+    ConfigError: a guide of another data shape, SDE, parametrization or class count.
+    FileNotFoundError: no such run or step.
+  """
+  from score_jax import runs  # pylint: disable=g-import-not-at-top
+  where = options.guide_workdir or workdir
+  field = "config.guidance.guide_workdir" if options.guide_workdir else "config.guidance.guide_step"
+  guide = runs.load_run(where, options.guide_step)
+  g = guide.setup
+  for what, mine, theirs in (("data shape", setup.data_shape, g.data_shape), ("SDE", setup.sde, g.sde),
+                             ("classes", setup.num_classes, g.num_classes),
+                             ("parametrization", setup.parametrization, g.parametrization)):
+    experiment.check(mine == theirs, field, f"the guiding run in {where} (step {guide.step}) has {what} {theirs!r} but "
+                     f"the guided model has {mine!r}; autoguidance needs a worse model of the same task.")
+  shared = (g.model == setup.model and g.conditioning == setup.conditioning and g.centered == setup.centered
+            and g.sigma_data == setup.sigma_data)
+  return Guide(setup=g, params=guide.params, workdir=os.path.abspath(where), step=guide.step, shared=shared)
+
+
+def autoguided(setup: experiment.Setup, guide: Guide, labels: Optional[np.ndarray], w: float,
+               record: Mapping[str, Any], sigma_interval: guidance_lib.Interval = None) -> Control:
+  """Autoguidance (Karras et al. 2024): (1 + w) s_good − w s_bad, the guide's parameters traced
+  (``aux["guide"]``).  A guide of the same architecture is evaluated with the guided network in
+  one batched call (the two parameter sets stacked and vmapped)."""
+
+  def source(s: experiment.Setup, c: Chunk) -> ScoreFn:
+    if guide.shared:
+      def pair(x, t):
+        stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), c.params, c.aux["guide"])
+        both = jax.vmap(lambda p: s.score_fn(p, c.labels)(x, t))(stacked)  # [2, B, ...]
+        return both[0], both[1]
+      return guidance_lib.autoguidance(None, w=float(w), pair_fn=pair, sde=s.sde, sigma_interval=sigma_interval)
+    return guidance_lib.autoguidance(s.score_fn(c.params, c.labels), guide.setup.score_fn(c.aux["guide"], c.labels),
+                                     w=float(w), sde=s.sde, sigma_interval=sigma_interval)
+
+  labels = None if labels is None or not len(labels) else np.asarray(labels, np.int32)
+  return Control(source=source, aux={"guide": guide.params}, labels=labels,
+                 record={"guidance": {**record, "guide_workdir": guide.workdir, "guide_step": guide.step,
+                                      "guide_shares_architecture": guide.shared}})
+
+
 def from_guidance(options: experiment.GuidanceOptions, setup: experiment.Setup, workdir: str,
                   default: Control) -> Control:
   """The class part of ``config.guidance``: ``default`` for kind "none", else CFG or classifier
@@ -184,12 +245,15 @@ def from_guidance(options: experiment.GuidanceOptions, setup: experiment.Setup, 
   if options.kind == "none":
     return default
   if options.kind == "cfg":
-    return classifier_free(setup, options.labels, options.w, options.record)
+    return classifier_free(setup, options.labels, options.w, options.record, options.sigma_interval)
+  if options.kind == "autoguidance":
+    return autoguided(setup, load_guide(options, setup, workdir), options.labels if setup.num_classes else None,
+                      options.w, options.record, options.sigma_interval)
   path = classifiers.resolve_dir(options.classifier_dir, workdir, "noisy_classifier")
   classifier = classifiers.load_noisy_classifier(path, setup.data, sde=setup.sde)
   return classifier_guided(setup, classifier, options.labels, options.strategy,
                            {**options.record, "classifier_dir": os.path.abspath(path)})
 
 
-__all__ = ["Chunk", "Control", "Observation", "classifier_free", "classifier_guided", "from_guidance", "network",
-           "unconditional"]
+__all__ = ["Chunk", "Control", "Guide", "Observation", "autoguided", "classifier_free", "classifier_guided",
+           "from_guidance", "load_guide", "network", "unconditional"]
