@@ -271,8 +271,9 @@ def test_power_ema_run_exports_snapshots_and_posthoc_writes_what_sample_and_load
   assert isinstance(state, ts_lib.MultiEMATrainState) and len(state.averages) == 2
   for name in ("power_0.050", "power_0.100"):
     assert checkpointing.exported_steps(workdir, name) == [2, 4, 6]
-  run_main_params = score_jax.load_run(workdir, params="power_0.100").params
-  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(run_main_params), jax.tree.leaves(state.extra_ema[0])))
+  for params, want in (("power_0.100", state.extra_ema[0]), ("raw", state.params), ("ema", state.ema_params)):
+    loaded = score_jax.load_run(workdir, params=params).params
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(want))), params
 
   config.posthoc.sigma_rel = (0.08, 0.06)
   out = posthoc_ema.run(config, workdir)
