@@ -176,13 +176,15 @@ def test_class_guidance_and_posterior_inpainting_combine(run):
 
 
 # --- autoguidance and the limited interval from config.guidance -------------------------------------
-def _autoguide_run(root, name, config, seed, steps=(0, 5)):
-  """A workdir as training leaves it for sampling: config.json and EMA exports of ``steps``."""
+def _autoguide_run(root, name, config, seed=None, steps=(0, 5)):
+  """A workdir as training leaves it for sampling: config.json and (with a seed) EMA exports of ``steps``."""
   from score_jax import config_files  # pylint: disable=g-import-not-at-top
   workdir = os.path.join(str(root), name)
   os.makedirs(workdir)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config_files.to_json(config))
+  if seed is None:
+    return workdir, None, None
   setup = experiment.build(config)
   base = compilation.run_once(functools.partial(experiment.init_params, setup), jax.random.key(seed))
   noise = jax.jit(lambda ps, k: jax.tree.map(lambda p: p + 0.05 * jax.random.normal(k, p.shape, p.dtype), ps))
@@ -193,12 +195,12 @@ def _autoguide_run(root, name, config, seed, steps=(0, 5)):
   return workdir, setup, out
 
 
-def test_autoguidance_score_is_the_good_model_pushed_away_from_the_guide(tmp_path):
+def test_autoguidance_from_config_pinned_sampled_and_bad_guides_named(tmp_path):
   """An earlier step of the same run (one batched call of both parameter sets) and a smaller
-  network (two calls): (1 + w) s_good − w s_bad, with w = 0 outside sigma_interval; on the
-  class-conditional model (both models see the requested labels; the unconditional path runs in
-  the --mode=sample test below)."""
-  cond, path = True, "configs/ve/digits_cond.py"
+  network (two calls): (1 + w) s_good − w s_bad, with w = 0 outside sigma_interval, on the
+  class-conditional model (both models see the requested labels); then --mode=sample with it,
+  and guides of another task refused in one line before their parameters are read."""
+  path = "configs/ve/digits_cond.py"
   config = _config(path, kind="autoguidance", w=1.5, guide_step=0, sigma_interval=(0.5, 2.0))
   workdir, setup, params = _autoguide_run(tmp_path, "run", config, seed=1)
   small = _config(path)
@@ -207,43 +209,36 @@ def test_autoguidance_score_is_the_good_model_pushed_away_from_the_guide(tmp_pat
   sde = setup.sde
   t = sde.time_from_noise_level(jnp.array([1.0, 1.0, 4.0]))  # two inside (0.5, 2], one outside
   x = jax.random.normal(jax.random.key(0), (3,) + setup.data_shape)
-  index = [2, 11, 9]
-  labels = jnp.array([2, 1, 9]) if cond else None
+  labels = jnp.array([2, 1, 9])
   good = setup.score_fn(params[5], labels)(x, t)
   for guide_dir, guide_setup, guide_params, shared in ((workdir, setup, params[0], True),
                                                        (small_dir, small_setup, small_params[3], False)):
     config.guidance.guide_workdir = "" if guide_dir == workdir else guide_dir
     config.guidance.guide_step = 0 if guide_dir == workdir else None
-    control, guided = _guided(config, setup, workdir, params[5], index, t)
+    control, guided = _guided(config, setup, workdir, params[5], [2, 11, 9], t)
     assert control.record["guidance"]["guide_shares_architecture"] is shared
     bad = guide_setup.score_fn(guide_params, labels)(x, t)
     want = jnp.concatenate([2.5 * good[:2] - 1.5 * bad[:2], good[2:]])
     np.testing.assert_allclose(np.asarray(guided(x)), np.asarray(want), rtol=1e-4, atol=1e-4)
     assert float(jnp.max(jnp.abs(good - bad))) > 1e-3
-  assert (control.labels is not None) == cond
-
-
-def test_mode_sample_with_autoguidance_and_bad_guides_are_one_line(tmp_path):
-  config = _config(kind="autoguidance", w=1.0, guide_step=0, sigma_interval=(0.1, 3.0))
-  workdir, _, _ = _autoguide_run(tmp_path, "run", config, seed=1)
+  # --mode=sample, the smaller guide (two calls) inside (0.1, 3].
+  config.guidance.update(dict(w=1.0, sigma_interval=(0.1, 3.0)))
   config.sampling.pc.update(dict(corrector="none", num_steps=2))
   out = sample_mode.run(config, workdir)
   g = out.metrics["guidance"]
-  assert g["kind"] == "autoguidance" and g["guide_step"] == 0 and g["sigma_interval"] == [0.1, 3.0]
-  assert g["guide_shares_architecture"] and out.metrics["step"] == 5
+  assert g["kind"] == "autoguidance" and g["guide_step"] == 3 and g["sigma_interval"] == [0.1, 3.0]
+  assert not g["guide_shares_architecture"] and out.metrics["step"] == 5 and g["labels"] == list(range(10))
   with np.load(os.path.join(out.folder, "samples.npz")) as f:
-    assert np.all(np.isfinite(f["samples"])) and "labels" not in f.files
-  other = _config()
+    assert np.all(np.isfinite(f["samples"])) and f["labels"].tolist() == list(range(8))
+  other = _config(path)
   other.sde.ve.sigma_max = 10.0
-  other_dir, _, _ = _autoguide_run(tmp_path, "other_sde", other, seed=2, steps=(1,))
-  config.guidance.update(dict(guide_workdir=other_dir, guide_step=None))
-  with pytest.raises(experiment.ConfigError, match=r"^config\.guidance\.guide_workdir: the guiding run .* has SDE"):
-    sample_mode.run(config, workdir)
   shapes = _config("configs/ve/shapes_16.py")
-  shapes_dir, _, _ = _autoguide_run(tmp_path, "shapes", shapes, seed=2, steps=(1,))
-  config.guidance.guide_workdir = shapes_dir
-  with pytest.raises(experiment.ConfigError, match=r"^config\.guidance\.guide_workdir: .* has data shape \(16, 16, 3\)"):
-    sample_mode.run(config, workdir)
+  uncond = _config()
+  for name, guide, message in (("other_sde", other, "has SDE"), ("shapes", shapes, r"has data shape \(16, 16, 3\)"),
+                               ("uncond", uncond, "has classes 0 but the guided model has 10")):
+    config.guidance.update(dict(guide_workdir=_autoguide_run(tmp_path, name, guide)[0], guide_step=None))
+    with pytest.raises(experiment.ConfigError, match=rf"^config\.guidance\.guide_workdir: the guiding run .* {message}"):
+      sample_mode.run(config, workdir)
   config.guidance.update(dict(guide_workdir="", guide_step=None))
   with pytest.raises(experiment.ConfigError, match=r"^config\.guidance\.guide_step: autoguidance needs a worse model"):
     sample_mode.run(config, workdir)

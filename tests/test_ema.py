@@ -206,7 +206,9 @@ def test_a_slip_in_the_solve_or_the_gamma_relation_fails(monkeypatch, slip):
     monkeypatch.setattr(ema_lib, "sigma_rel_to_gamma", gamma)
     # Tracking and solve share the wrong γ, so the reconstruction stays consistent; the width fails.
     sigmas = (0.01, 0.03, 0.08, 0.2, 0.28)
-    assert not np.allclose(profile_widths(sigmas), sigmas, rtol=2e-3)
+    with np.errstate(invalid="ignore"):  # the slipped cubic has no valid root for the widest profiles
+      widths = profile_widths(sigmas)
+    assert not np.allclose(widths, sigmas, rtol=2e-3)
     return
   errors = reconstruction_errors(_walk(), SNAPSHOT_EVERY, targets=(0.03, 0.15))
   assert not np.all(errors <= BOUND), errors  # the assertion of the reconstruction test fails

@@ -190,25 +190,27 @@ class Guide:
 
 def load_guide(options: experiment.GuidanceOptions, setup: experiment.Setup, workdir: str) -> Guide:
   """The guiding run of ``config.guidance`` (its own config.json and EMA parameters), checked
-  against the guided model: the same data shape, SDE and classes.
+  against the guided model — the same data shape, SDE, classes and parametrization — before
+  its parameters are read.
 
   Raises:
     ConfigError: a guide of another data shape, SDE, parametrization or class count.
     FileNotFoundError: no such run or step.
   """
   from score_jax import runs  # pylint: disable=g-import-not-at-top
+  from score_jax.jobs import params as params_lib  # pylint: disable=g-import-not-at-top
   where = options.guide_workdir or workdir
   field = "config.guidance.guide_workdir" if options.guide_workdir else "config.guidance.guide_step"
-  guide = runs.load_run(where, options.guide_step)
-  g = guide.setup
+  g = experiment.build(runs.load_config(where, options.guide_step))  # checked before any parameter is read
   for what, mine, theirs in (("data shape", setup.data_shape, g.data_shape), ("SDE", setup.sde, g.sde),
                              ("classes", setup.num_classes, g.num_classes),
                              ("parametrization", setup.parametrization, g.parametrization)):
-    experiment.check(mine == theirs, field, f"the guiding run in {where} (step {guide.step}) has {what} {theirs!r} but "
-                     f"the guided model has {mine!r}; autoguidance needs a worse model of the same task.")
+    experiment.check(mine == theirs, field, f"the guiding run in {where} has {what} {theirs!r} but the guided model "
+                     f"has {mine!r}; autoguidance needs a worse model of the same task.")
+  step, params = params_lib.load_ema_params(g, where, options.guide_step)
   shared = (g.model == setup.model and g.conditioning == setup.conditioning and g.centered == setup.centered
             and g.sigma_data == setup.sigma_data)
-  return Guide(setup=g, params=guide.params, workdir=os.path.abspath(where), step=guide.step, shared=shared)
+  return Guide(setup=g, params=params, workdir=os.path.abspath(where), step=step, shared=shared)
 
 
 def autoguided(setup: experiment.Setup, guide: Guide, labels: Optional[np.ndarray], w: float,
