@@ -37,6 +37,8 @@ MODES = {
                               "(config.noisy_classifier)",
     "inpaint": "fill masked regions of input images with the EMA model (config.controllable) into <workdir>/inpaint/<k>",
     "colorize": "colour gray versions of RGB input images with the EMA model into <workdir>/colorize/<k>",
+    "distill": "consistency distillation of config.distill's teacher run into a 1-to-k-step student "
+               "(config.model.parametrization='consistency') in <workdir>",
     "posthoc_ema": "reconstruct EMA profiles of config.posthoc.sigma_rel from a power-EMA run's snapshots into "
                    "<workdir>/ema/posthoc_<σ_rel>/<step>",
 }

@@ -147,6 +147,36 @@ def posthoc_section() -> ml_collections.ConfigDict:
   return ph
 
 
+def distill_section() -> ml_collections.ConfigDict:
+  """``config.distill``: --mode=distill, consistency distillation (score_jax/distillation.py)."""
+  # Consistency distillation (Song et al. 2023, Algorithm 2) of the teacher run in teacher_workdir
+  # (its config.json and its `teacher_params` parameters of `teacher_step`; a converted published
+  # checkpoint is a teacher_config file plus teacher_pretrained, the export).  The student is this
+  # config's network (config.model.parametrization = "consistency"), trained in its own --workdir.
+  d = ml_collections.ConfigDict()
+  d.teacher_workdir = ""
+  d.teacher_step = config_dict.placeholder(int)
+  d.teacher_params = "ema"  # ema | raw | power_<σ_rel> | posthoc_<σ_rel>
+  d.teacher_config = ""  # instead of teacher_workdir: a config file (path.py[:variant]) ...
+  d.teacher_pretrained = ""  # ... and the converted export it describes
+  d.init = "teacher"  # teacher (the student starts from the teacher's weights; same network) | random
+  d.num_scales = 18  # N of the discretization (N(k)'s largest value)
+  d.start_scales = 2  # s0 of the "sqrt" and "exponential" schedules
+  d.scale_schedule = "constant"  # constant | sqrt | exponential
+  d.target_ema = 0.95  # μ of the target network (0: θ⁻ = θ); with target_schedule="adaptive", μ0
+  d.target_schedule = "fixed"  # fixed | adaptive
+  d.sigma_min = 0.002  # ε: config.model.boundary_sigma must equal it
+  d.sigma_max = 80.0
+  d.rho = 7.0
+  d.metric = "l2"  # l2 | l1 | pseudo_huber
+  d.huber_c = config_dict.placeholder(float)  # None: 0.00054 √d
+  d.weighting = "uniform"  # uniform | inverse_step
+  d.index = "uniform"  # uniform | lognormal (p_mean, p_std)
+  d.p_mean = -1.1
+  d.p_std = 2.0
+  return d
+
+
 def controllable_section() -> ml_collections.ConfigDict:
   """``config.controllable``: inputs, masks and method of --mode=inpaint / colorize."""
   # Inpainting and colorization from a trained model (--mode=inpaint / --mode=colorize;

@@ -12,6 +12,7 @@ What the network predicts (``PARAMETRIZATIONS``), for x = x(t) = m(t) x(0) + s(t
     "velocity"  û = m' x̂(0) + s' ε̂        the conditional flow dx/dt of the path; for rectified
                                          flow û = ε̂ − x̂(0) (Liu et al. 2023; Lipman et al. 2023)
     "edm"       F of EDM's preconditioned denoiser (below)
+    "consistency"  F of a consistency model f(x̃, σ) (below), read as a data prediction
 
 ``to_score`` and ``from_score`` are the one place that converts between these predictions;
 every loss, sampler, likelihood and guidance sees the score.
@@ -28,6 +29,18 @@ with σ_d = ``sigma_data``; the score in x is (D − x̃)/(σ² m), computed as
 (c_out F/σ² − x̃/(σ² + σ_d²))/m so that it stays accurate as σ → 0.  With VE (m = 1) this is
 EDM's own network; with VP / sub-VP / rectified flow the network sees x/m, as EDM's VP
 preconditioning in its σ(t) form.
+
+Consistency models (Song, Dhariwal, Chen & Sutskever, "Consistency Models", ICML 2023, sec. 3
+and App. C) map any point of a probability-flow trajectory to its origin,
+
+    f(x̃, σ) = c_skip(σ) x̃ + c_out(σ) F(c_in(σ) x̃, cond),
+    c_skip = σ_d²/((σ − ε)² + σ_d²),  c_out = (σ − ε) σ_d/√(σ² + σ_d²),  c_in = 1/√(σ² + σ_d²),
+
+with ε = ``boundary_sigma`` (the paper's 0.002), so that c_skip(ε) = 1 and c_out(ε) = 0: the
+boundary condition f(x̃, ε) = x̃ holds exactly, whatever F.  f is an estimate of x(0), so the
+score it implies is the data prediction's, (f − x̃)/(σ² m), computed from
+f − x̃ = (c_skip − 1) x̃ + c_out F; ``sampling.edm.make_denoiser`` turns that score back into f
+(``method="consistency"`` samples with it) and is 0 at σ = ε.
 
 What the network is conditioned on is chosen here too (``CONDITIONINGS``): the SDE time t
 (the MLP and U-Net), the noise level σ̃(t) = s(t)/m(t) (NCSN++'s Fourier embedding, which
@@ -59,7 +72,7 @@ Array = Any
 ApplyFn = Callable[[Any, Array, Array], Array]
 ScoreFn = Callable[[Array, Array], Array]
 
-PARAMETRIZATIONS = ("noise", "score", "data", "velocity", "edm")
+PARAMETRIZATIONS = ("noise", "score", "data", "velocity", "edm", "consistency")
 CONDITIONINGS = {
     "time": lambda sde, t: t,
     "sigma": lambda sde, t: sde.noise_level(t),
@@ -165,9 +178,19 @@ def edm_coefficients(sigma: Array, sigma_data: float) -> tuple[Array, Array, Arr
   return sigma_data**2 / total, sigma * sigma_data / jnp.sqrt(total), 1.0 / jnp.sqrt(total), 0.25 * jnp.log(sigma)
 
 
+def consistency_coefficients(sigma: Array, sigma_data: float, boundary_sigma: float) -> tuple[Array, Array, Array]:
+  """A consistency model's (c_skip, c_out, c_in) at σ (Song et al. 2023, App. C): c_skip = 1 and
+  c_out = 0 exactly at σ = ``boundary_sigma``."""
+  sigma = jnp.asarray(sigma)
+  offset = sigma - boundary_sigma
+  c_skip = sigma_data**2 / (offset**2 + sigma_data**2)
+  c_out = offset * sigma_data / jnp.sqrt(sigma**2 + sigma_data**2)
+  return c_skip, c_out, 1.0 / jnp.sqrt(sigma**2 + sigma_data**2)
+
+
 def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametrization: str = "noise",
                  conditioning: str = "time", labels: Array | None = None, centered: bool = True,
-                 sigma_data: float = 0.5) -> ScoreFn:
+                 sigma_data: float = 0.5, boundary_sigma: float = 0.002) -> ScoreFn:
   """Turns a network into a score function ∇log p_t(x).
 
   Parametrizations:
@@ -179,6 +202,8 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
     * "data", "velocity": x(0)- and flow-prediction, converted by ``to_score``.
     * "edm": EDM's preconditioning with ``sigma_data`` (module docstring): the network sees
       c_in x/m(t) and its output is F.
+    * "consistency": a consistency model with ``sigma_data`` and boundary ``boundary_sigma``
+      (module docstring); the score is that of its data prediction f.
 
   Args:
     sde: the forward SDE (supplies s(t) = ``sde.marginal_std``).
@@ -193,7 +218,8 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
     labels: optional class labels [B], passed as ``apply_fn(params, x, cond, labels)``.
     centered: whether the data live in [−1, 1]; with "score_sde" and ``centered=False`` the
       network receives 2x − 1, as score_sde's NCSN++ computed inside.  Ignored otherwise.
-    sigma_data: σ_d of the "edm" parametrization (EDM: 0.5 for data in [−1, 1]).
+    sigma_data: σ_d of the "edm" and "consistency" parametrizations (EDM: 0.5 for data in [−1, 1]).
+    boundary_sigma: ε of the "consistency" parametrization, the noise level where f(x̃, ε) = x̃.
 
   Returns:
     ``score_fn(x [B, ...], t [] or [B]) -> [B, ...]``; t is broadcast to [B] before it
@@ -204,8 +230,10 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
   """
   if parametrization not in PARAMETRIZATIONS:
     raise ValueError(f"Unknown parametrization {parametrization!r}; choose one of {list(PARAMETRIZATIONS)}.")
-  if parametrization == "edm" and not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
-    raise ValueError(f"sigma_data must be a number > 0 for parametrization 'edm', got {sigma_data!r}.")
+  if parametrization in ("edm", "consistency") and not (isinstance(sigma_data, (int, float)) and sigma_data > 0):
+    raise ValueError(f"sigma_data must be a number > 0 for parametrization {parametrization!r}, got {sigma_data!r}.")
+  if parametrization == "consistency" and not (isinstance(boundary_sigma, (int, float)) and boundary_sigma > 0):
+    raise ValueError(f"boundary_sigma must be a number > 0 for parametrization 'consistency', got {boundary_sigma!r}.")
   if conditioning not in CONDITIONINGS:
     raise ValueError(f"Unknown conditioning {conditioning!r}; choose one of {list(CONDITIONINGS)}.")
   cond_of = CONDITIONINGS[conditioning]
@@ -235,6 +263,18 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
       out, _ = network(c_in * x_scaled, t)
       s2 = sde_lib.bcast(sigma, x) ** 2
       return (c_out * out / s2 - x_scaled / (s2 + sigma_data**2)) / m
+
+  elif parametrization == "consistency":
+
+    def score_fn(x: Array, t: Array) -> Array:
+      t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])  # [B]
+      m = sde_lib.bcast(sde.mean_coeff(t), x)
+      sigma = sde.noise_level(t)  # [B]
+      c_skip, c_out, c_in = (sde_lib.bcast(c, x) for c in consistency_coefficients(sigma, sigma_data, boundary_sigma))
+      x_scaled = x / m
+      out, _ = network(c_in * x_scaled, t)
+      s2 = sde_lib.bcast(sigma, x) ** 2
+      return ((c_skip - 1.0) * x_scaled + c_out * out) / (s2 * m)  # (f − x̃)/(σ² m)
 
   elif parametrization == "score":
 

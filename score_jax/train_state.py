@@ -68,6 +68,31 @@ class MultiEMATrainState(TrainState):
     return self.replace(ema_params=averages[0], extra_ema=tuple(averages[1:]))
 
 
+@flax.struct.dataclass
+class DistillState(MultiEMATrainState):
+  """The state of consistency distillation (``--mode=distill``): a train state plus the target
+  network θ⁻ (Song et al. 2023, Algorithm 2), moved towards ``params`` by ``update_target``.
+
+  Attributes:
+    target_params: θ⁻, the network whose outputs are the loss's (stop-gradiented) targets.
+  """
+
+  target_params: Params = None
+
+
+def update_target(state: DistillState, rate: Array) -> DistillState:
+  """θ⁻ ← μ θ⁻ + (1 − μ) θ with μ = ``rate`` (μ = 0: θ⁻ = θ)."""
+  target = jax.tree.map(lambda old, new: rate * old + (1.0 - rate) * new, state.target_params, state.params)
+  return state.replace(target_params=target)
+
+
+def create_distill_state(params: Params, tx: optax.GradientTransformation, ema: ema_lib.EMA) -> DistillState:
+  """A fresh distillation state at step 0: averages and target start at ``params``."""
+  copy = lambda: jax.tree.map(jnp.copy, params)
+  return DistillState(params=params, ema_params=copy(), opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
+                      extra_ema=tuple(copy() for _ in range(ema.num_averages - 1)), target_params=copy())
+
+
 def create_learning_rate_schedule(optim: Mapping[str, Any]) -> optax.Schedule:
   """Linear warmup from 0 over ``optim.warmup`` steps into the constant ``optim.lr``.
 

@@ -15,7 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.py")
                  if p.name not in ("__init__.py", "common.py"))
 EMBEDDED = ("configs/ve/digits.py", "configs/ve/digits_cond.py", "configs/vp/digits.py", "configs/ve/shapes_32.py",
-            "configs/ve/shapes_16.py", "configs/toy/gmm2d.py", "configs/edm/digits.py", "configs/rf/digits.py")
+            "configs/ve/shapes_16.py", "configs/toy/gmm2d.py", "configs/edm/digits.py", "configs/rf/digits.py",
+            "configs/distill/digits.py")
 
 
 def load(path: str, variant: str = ""):
@@ -26,7 +27,7 @@ def load(path: str, variant: str = ""):
 
 
 def test_every_config_is_listed():
-  assert len(CONFIGS) == 20, CONFIGS
+  assert len(CONFIGS) == 22, CONFIGS
   for name in ("configs/default_ve.py", "configs/default_vp.py", "configs/default_subvp.py", "configs/ve/afhq_512.py",
                "configs/ve/cifar10_ncsnpp_continuous.py", "configs/ve/celebahq_256.py", "configs/ve/ffhq_1024.py",
                "configs/ve/church_256.py", "configs/vp/cifar10_ddpmpp_continuous.py",

@@ -13,7 +13,7 @@ PACKAGE = ROOT / "score_jax"
 CONFIG_READERS = ("score_jax/experiment/", "score_jax/config_files.py")
 # Layers, lowest first: a module may import its own layer and those below it, never above.
 LAYERS = (
-    ("math", ("sde", "ema", "schedules", "losses", "likelihood", "guidance", "sampling", "metrics", "analysis", "data",
+    ("math", ("sde", "ema", "schedules", "losses", "distillation", "likelihood", "guidance", "sampling", "metrics", "analysis", "data",
               "compilation", "outputs", "sharding")),
     ("models", ("models", "score_fn", "train_state", "checkpointing", "pretrained")),
     ("experiment", ("experiment", "config_files")),

@@ -10,7 +10,7 @@ bad value is a ``ConfigError`` naming the field, raised before anything compiles
     components.py       config.model, optim, training, sampling -> Setup (``build``), the run's keys
     state.py            fresh and abstract parameters and train state of a Setup
     options.py          config.sampling / training fields of the jobs, config.eval, the classifiers,
-                        config.posthoc
+                        config.posthoc, config.distill
     control_options.py  config.guidance, config.controllable
 
 Defaults of the job sections live in ``configs/common.py`` alone (``eval_section``,
@@ -25,10 +25,10 @@ from score_jax.experiment.control_options import (CONTROLLABLE_MODES, GUIDANCE_K
                                                   GuidanceOptions, controllable_options, guidance_options)
 from score_jax.experiment.data import DATA_KINDS, IMAGE_KINDS, Data, ImageData, ToyData, build_data, build_image_data, build_sde
 from score_jax.experiment.state import abstract_batch, abstract_state, init_params, init_state, num_params
-from score_jax.experiment.options import (EXTRACTORS, ClassifierOptions, EvalOptions, FitOptions,
+from score_jax.experiment.options import (EXTRACTORS, ClassifierOptions, DistillOptions, EvalOptions, FitOptions,
                                           NoisyClassifierOptions, PosthocOptions, SampleOptions, TrainOptions,
-                                          classifier_options, eval_options, noisy_classifier_options,
-                                          posthoc_options, sample_options, train_options)
+                                          classifier_options, distill_options, eval_options,
+                                          noisy_classifier_options, posthoc_options, sample_options, train_options)
 
 
 def apply_overrides(config: ConfigDict, overrides: dict) -> None:

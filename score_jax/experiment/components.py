@@ -107,6 +107,8 @@ class Setup:
       (``config.sampling.params``): "ema" (the state's EMA), "raw" (the trained parameters of a
       full checkpoint), "power_<σ_rel>" (a tracked power-EMA snapshot) or "posthoc_<σ_rel>" (a
       ``--mode=posthoc_ema`` reconstruction).
+    boundary_sigma: ε of the "consistency" parametrization (``config.model.boundary_sigma``), where
+      f(x, ε) = x.
   """
 
   sde: sde_lib.SDE
@@ -131,6 +133,7 @@ class Setup:
   grad_accum: int = 1
   sigma_data: float = 0.5
   sample_params: str = "ema"
+  boundary_sigma: float = 0.002
 
   @property
   def data_shape(self) -> tuple[int, ...]:
@@ -148,7 +151,7 @@ class Setup:
     apply = functools.partial(self.apply, train=train, dropout_key=dropout_key)
     return score_fn_lib.get_score_fn(self.sde, apply, params, parametrization=self.parametrization,
                                      conditioning=self.conditioning, labels=labels, centered=self.centered,
-                                     sigma_data=self.sigma_data)
+                                     sigma_data=self.sigma_data, boundary_sigma=self.boundary_sigma)
 
 
 def _validate_training(config: ConfigDict) -> None:
@@ -349,6 +352,14 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
   sigma_data = config.model.get("sigma_data", 0.5)
   check(isinstance(sigma_data, (int, float)) and not isinstance(sigma_data, bool) and sigma_data > 0,
         "config.model.sigma_data", f"must be a number > 0 (the data's standard deviation; EDM: 0.5), got {sigma_data!r}.")
+  boundary_sigma = config.model.get("boundary_sigma", 0.002)
+  check(is_number(boundary_sigma) and boundary_sigma > 0, "config.model.boundary_sigma",
+        f"must be a number > 0 (a consistency model's ε, where f(x, ε) = x; 0.002 in the paper), got {boundary_sigma!r}.")
+  if parametrization == "consistency":
+    with jax.ensure_compile_time_eval():
+      floor = float(sde.noise_level(jnp.float32(sde.eps)))
+    check(boundary_sigma >= floor, "config.model.boundary_sigma",
+          f"{boundary_sigma!r} is below the SDE's noise level at eps ({floor:.4g}), where the network is not defined.")
   loss_options = as_dict(config.training.get("loss_options"))
   check("sigma_data" not in loss_options, "config.training.loss_options.sigma_data",
         "is taken from config.model.sigma_data (one value for the parametrization and the loss); remove it here.")
@@ -367,7 +378,8 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
                 sampling_method=method, sampling_options=options, seed=config.seed,
                 centered=bool(config.data.get("centered", True)) if isinstance(data, ImageData) else True,
                 pretrained=str(config.model.get("pretrained", "") or ""), grad_accum=accum,
-                sigma_data=float(sigma_data), sample_params=sample_params(config))
+                sigma_data=float(sigma_data), sample_params=sample_params(config),
+                boundary_sigma=float(boundary_sigma))
   # Trace (never compile) the loss, first with an exact-shape stand-in score, then with the
   # network: a wrong loss option or a network that does not return x's shape fails here.
   k = keys(config.seed)

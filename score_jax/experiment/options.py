@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Optional
 
 from configs import common as config_defaults
@@ -315,3 +316,70 @@ def posthoc_options(config: ConfigDict) -> PosthocOptions:
   check(is_number(max_error) and 0 < max_error < 1, "config.posthoc.max_error",
         f"must be a number in (0, 1) (relative L2 error of a reconstructed profile), got {max_error!r}.")
   return PosthocOptions(sigma_rels=tuple(sorted(set(sigma_rels))), step=step, max_error=float(max_error))
+
+
+# --- config.distill -----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DistillOptions:
+  """``--mode=distill`` (``config.distill``; ``configs/common.distill_section`` documents each field).
+
+  Attributes:
+    teacher_workdir: the teacher's training run ("" when ``teacher_config`` is given).
+    teacher_step: its step to load; None: the newest.
+    teacher_params: which of its parameters ("ema", "raw", "power_<σ_rel>", "posthoc_<σ_rel>").
+    teacher_config: instead of a run, a config file (``path.py[:variant]``) ...
+    teacher_pretrained: ... and the converted export it describes.
+    init: "teacher" (the student starts from the teacher's weights) or "random".
+    loss: the keyword options of ``distillation.consistency_distillation_loss`` and its schedules
+      (num_scales, start_scales, scale_schedule, target_ema, target_schedule, sigma_min,
+      sigma_max, rho, metric, huber_c, weighting, index, p_mean, p_std).
+  """
+
+  teacher_workdir: str
+  teacher_step: Optional[int]
+  teacher_params: str
+  teacher_config: str
+  teacher_pretrained: str
+  init: str
+  loss: dict
+
+
+INIT_KINDS = ("teacher", "random")
+
+
+def distill_options(config: ConfigDict, boundary_sigma: float) -> DistillOptions:
+  """``config.distill`` validated; ``boundary_sigma`` is the student's ε (``Setup.boundary_sigma``).
+
+  Raises:
+    ConfigError: a bad or unknown field, named in the message.
+  """
+  from score_jax import distillation  # pylint: disable=g-import-not-at-top
+  d = section(config, "distill", config_defaults.distill_section())
+  workdir, teacher_config = str(d["teacher_workdir"] or ""), str(d["teacher_config"] or "")
+  check(bool(workdir) != bool(teacher_config), "config.distill.teacher_workdir",
+        "name the teacher: the folder of its training run (--config.distill.teacher_workdir=runs/digits_edm), or a "
+        "config file and its converted export (--config.distill.teacher_config=... and teacher_pretrained=...), "
+        "one of the two." if not (workdir and teacher_config) else
+        "and config.distill.teacher_config are both set; give one of them.")
+  check(not teacher_config or bool(d["teacher_pretrained"]), "config.distill.teacher_pretrained",
+        "is empty; a teacher_config needs the converted export of its network (python -m score_jax.pretrained).")
+  step = d["teacher_step"]
+  check(step is None or (is_int(step) and step >= 0), "config.distill.teacher_step",
+        f"must be None (the newest) or an integer >= 0, got {step!r}.")
+  which = d["teacher_params"]  # checked against the teacher's own config when it is built
+  check(isinstance(which, str) and bool(which), "config.distill.teacher_params",
+        f"must be 'ema', 'raw', 'power_<σ_rel>' or 'posthoc_<σ_rel>', got {which!r}.")
+  check(d["init"] in INIT_KINDS, "config.distill.init", f"unknown {d['init']!r}; choose one of {list(INIT_KINDS)}.")
+  loss = {name: d[name] for name in ("num_scales", "start_scales", "scale_schedule", "target_ema", "target_schedule",
+                                     "sigma_min", "sigma_max", "rho", "metric", "huber_c", "weighting", "index",
+                                     "p_mean", "p_std")}
+  try:
+    distillation.check_options(**loss, prefix="config.distill.")
+  except ValueError as e:
+    raise checks.ConfigError(str(e)) from None
+  check(math.isclose(float(loss["sigma_min"]), boundary_sigma, rel_tol=1e-6), "config.distill.sigma_min",
+        f"is {loss['sigma_min']!r} but the student's config.model.boundary_sigma is {boundary_sigma!r}; the "
+        "discretization must start at the boundary where f(x, ε) = x: set both to the same value.")
+  return DistillOptions(teacher_workdir=workdir, teacher_step=step, teacher_params=which,
+                        teacher_config=teacher_config, teacher_pretrained=str(d["teacher_pretrained"] or ""),
+                        init=d["init"], loss=loss)

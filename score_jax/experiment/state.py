@@ -37,7 +37,10 @@ def init_params(setup: Setup, key: jax.Array) -> Any:
 
 def init_state(setup: Setup, key: jax.Array) -> ts_lib.TrainState:
   """A fresh TrainState: network parameters from ``key``, their averages (``setup.ema``) and the
-  optimizer's initial state."""
+  optimizer's initial state; for a consistency model (``--mode=distill``) a ``DistillState``,
+  which also holds the target network."""
+  if setup.parametrization == "consistency":
+    return ts_lib.create_distill_state(init_params(setup, key), setup.tx, setup.ema)
   return ts_lib.create_train_state(init_params(setup, key), setup.tx, setup.ema)
 
 

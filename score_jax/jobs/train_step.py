@@ -1,12 +1,17 @@
-"""The train step of every training run: ``make_train_step(setup, train_key)``, pure and
-jitted by the caller over the device mesh, with gradient accumulation (``microbatch_rows``)
+"""The train step of every training run: ``make_train_step(setup, train_key, objective)``, pure
+and jitted by the caller over the device mesh, with gradient accumulation (``microbatch_rows``)
 and the TrainState's shardings (replicated, or FSDP with ``config.training.fsdp``).
+
+What the step minimises is an ``Objective``: score matching with the setup's loss
+(``SCORE_MATCHING``, --mode=train) or consistency distillation (``jobs.distill``, --mode=distill),
+which also reads traced auxiliaries (the teacher's parameters) and updates the target network.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +24,44 @@ from score_jax import train_state as ts_lib
 Array = Any
 
 
+# --- what a step minimises ------------------------------------------------------------------
+LossOf = Callable[..., Array]
+
+
+def _score_matching_loss(setup: experiment.Setup, params: Any, *, state: ts_lib.TrainState, aux: Any,
+                         key: jax.Array, x: Array, labels: Optional[Array], dropout_key: jax.Array,
+                         rows: Optional[Callable[[Array], Array]]) -> Array:
+  del state, aux
+  score_fn = setup.score_fn(params, labels, train=True, dropout_key=dropout_key)
+  if rows is None:
+    return setup.loss_fn(key, setup.sde, score_fn, x)
+  return setup.loss_fn(key, setup.sde, score_fn, x, rows=rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What a train step minimises, and what it updates beside the optimizer and the averages.
+
+  Attributes:
+    loss: ``loss(setup, params, *, state, aux, key, x, labels, dropout_key, rows) -> scalar``: the
+      loss of the network ``params`` (differentiated) on data x [B, ...] (labels [B] or None), with
+      the state before the update and the step's auxiliaries ``aux``; ``rows`` as in ``losses``.
+    after_update: ``(new_state, old_state, aux) -> state``, e.g. the target network's EMA; None: nothing.
+    name: what the metrics and logs call it.
+  """
+
+  loss: LossOf = _score_matching_loss
+  after_update: Optional[Callable[[Any, Any, Any], Any]] = None
+  name: str = "score matching"
+
+
+SCORE_MATCHING = Objective()
+
+
 # --- the step -----------------------------------------------------------------------------
-def make_train_step(setup: experiment.Setup, *,
-                    train_key: jax.Array) -> Callable[[ts_lib.TrainState, dict], tuple[ts_lib.TrainState, dict]]:
-  """The (unjitted) train step ``(state, batch) -> (state, metrics)``.
+def make_train_step(setup: experiment.Setup, *, train_key: jax.Array,
+                    objective: Objective = SCORE_MATCHING) -> Callable[..., tuple[ts_lib.TrainState, dict]]:
+  """The (unjitted) train step ``(state, batch, aux=None) -> (state, metrics)``.
 
   At step s the loss draws from ``fold_in(train_key, s)``; dropout and label dropout from
   keys folded from it.  With ``setup.skip_nonfinite`` an update whose loss or gradient
@@ -39,13 +78,15 @@ def make_train_step(setup: experiment.Setup, *,
   Args:
     setup: components from ``experiment.build``.
     train_key: base key of the loss's randomness.
+    objective: what is minimised (default: the setup's score-matching loss); ``aux``, the step's
+      third argument, is handed to it (traced: e.g. a teacher's parameters).
 
   Returns:
     The step function; batch is {"image": [B, ...], "label": [B] (images only)}; metrics
     are scalars {"loss", "grad_norm", "lr", "skipped"}.
   """
 
-  def step_fn(state: ts_lib.TrainState, batch: dict) -> tuple[ts_lib.TrainState, dict]:
+  def step_fn(state: ts_lib.TrainState, batch: dict, aux: Any = None) -> tuple[ts_lib.TrainState, dict]:
     key = jax.random.fold_in(train_key, state.step)
     dropout_key, label_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
     x = batch["image"]
@@ -56,16 +97,16 @@ def make_train_step(setup: experiment.Setup, *,
       labels = jnp.where(drop, setup.num_classes, labels)
 
     def loss_of(params):
-      score_fn = setup.score_fn(params, labels, train=True, dropout_key=dropout_key)
-      return setup.loss_fn(key, setup.sde, score_fn, x)
+      return objective.loss(setup, params, state=state, aux=aux, key=key, x=x, labels=labels,
+                            dropout_key=dropout_key, rows=None)
 
     def micro_step(total, i):
       rows = functools.partial(microbatch_rows, index=i, count=setup.grad_accum, groups=setup.mesh.size)
 
       def micro_loss(params):
-        score_fn = setup.score_fn(params, None if labels is None else rows(labels), train=True,
-                                  dropout_key=jax.random.fold_in(dropout_key, i))
-        return setup.loss_fn(key, setup.sde, score_fn, x, rows=rows)
+        return objective.loss(setup, params, state=state, aux=aux, key=key, x=x,
+                              labels=None if labels is None else rows(labels),
+                              dropout_key=jax.random.fold_in(dropout_key, i), rows=rows)
 
       return jax.tree.map(jnp.add, total, jax.value_and_grad(micro_loss)(state.params)), None
 
@@ -77,6 +118,8 @@ def make_train_step(setup: experiment.Setup, *,
       (loss, grads), _ = jax.lax.scan(micro_step, zeros, jnp.arange(setup.grad_accum))
     grad_norm = optax.global_norm(grads)
     new_state = ts_lib.apply_gradients(state, grads, setup.tx, ema=setup.ema)
+    if objective.after_update is not None:
+      new_state = objective.after_update(new_state, state, aux)
     skipped = jnp.zeros((), jnp.bool_)
     if setup.skip_nonfinite:
       skipped = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))

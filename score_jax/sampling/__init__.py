@@ -31,10 +31,12 @@ documents them):
 * ``ddim``        DDIM: eta, num_steps, skip_type (VP / sub-VP)           (``dpm_solver.py``)
 * ``exponential`` exponential integrator of the reverse SDE: num_steps, skip_type
                   (VP / sub-VP)                                          (``exponential.py``)
+* ``consistency`` a consistency model in 1 … k evaluations: num_steps, sigmas, rho,
+                  sigma_min, sigma_max                                    (``consistency.py``)
 
 Inpainting and colorization are an option of the samplers, ``constraint=`` a
 ``constraints.Replacement`` (known coordinates re-imposed after every step, optionally with
-RePaint resampling): pc, ald, langevin, edm, dpm_solver, ddim, exponential, ode with
+RePaint resampling): pc, ald, langevin, edm, consistency, dpm_solver, ddim, exponential, ode with
 solver="heun" and adaptive (on accepted steps) take it; the adaptive ODE solvers reject it.
 """
 
@@ -49,6 +51,7 @@ import jax.numpy as jnp
 
 from score_jax.sampling import constraints, steps
 from score_jax.sampling.adaptive import ADAPTIVE_METHOD
+from score_jax.sampling.consistency import CONSISTENCY_METHOD
 from score_jax.sampling.dpm_solver import DDIM_METHOD, DPM_SOLVER_METHOD
 from score_jax.sampling.edm import EDM_METHOD
 from score_jax.sampling.exponential import EXPONENTIAL_METHOD
@@ -72,6 +75,7 @@ METHODS: dict[str, Method] = {
     "dpm_solver": DPM_SOLVER_METHOD,
     "ddim": DDIM_METHOD,
     "exponential": EXPONENTIAL_METHOD,
+    "consistency": CONSISTENCY_METHOD,
 }
 
 
@@ -82,7 +86,8 @@ def resolve_options(sde: SDE, method: str, options: Mapping[str, Any]) -> dict[s
   unknown = set(options) - set(spec.defaults)
   _require(not unknown, f"sampling method {method!r} has no option(s) {sorted(unknown)}; "
            f"it takes {sorted(spec.defaults)}.")
-  opts = {**spec.defaults, **options}
+  # Lists (a config read back from JSON) become tuples: options are static, hashed arguments.
+  opts = {name: tuple(v) if isinstance(v, list) else v for name, v in {**spec.defaults, **options}.items()}
   spec.check(sde, opts)
   return opts
 

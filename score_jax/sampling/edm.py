@@ -79,6 +79,23 @@ def make_denoiser(sde: SDE, score_fn: ScoreFn) -> Denoiser:
   return denoise
 
 
+def euler_step(denoiser: Denoiser, y: Array, sigma: Array, sigma_next: Array, t: Array) -> tuple[Array, Array]:
+  """One Euler step of the probability-flow ODE dy/dσ = (y − D(y; σ))/σ from σ to σ_next [B]
+  (Karras et al. 2022, Algorithm 1, lines 4–5); returns (y at σ_next, the slope at σ)."""
+  d = (y - denoiser(y, sigma, t)) / bcast(sigma, y)
+  return y + bcast(sigma_next - sigma, y) * d, d
+
+
+def heun_step(denoiser: Denoiser, y: Array, sigma: Array, sigma_next: Array, t: Array, t_next: Array) -> Array:
+  """One Heun step of dy/dσ = (y − D(y; σ))/σ from σ to σ_next > 0 [B] (Karras et al. 2022,
+  Algorithm 1, lines 4–8): the Euler step, then the trapezoid of the slopes at both ends.  ``t``
+  and ``t_next`` are the SDE times of the two levels, where ``denoiser`` is evaluated.  It is
+  the sampler's step and consistency distillation's teacher step (``losses.consistency_distillation_loss``)."""
+  y_next, d = euler_step(denoiser, y, sigma, sigma_next, t)
+  d_next = (y_next - denoiser(y_next, sigma_next, t_next)) / bcast(sigma_next, y)
+  return y + bcast(sigma_next - sigma, y) * 0.5 * (d + d_next)
+
+
 def edm_solve(denoiser: Denoiser, sde: SDE, y: Array, keys: jax.Array, *, sigmas: np.ndarray, gammas: np.ndarray,
               s_noise: float, constraint: constraints.Constraint = None) -> Array:
   """Runs the EDM steps from y = y_0 [B, ...] at σ_0 down to σ_N = 0.
@@ -108,25 +125,21 @@ def edm_solve(denoiser: Denoiser, sde: SDE, y: Array, keys: jax.Array, *, sigmas
   # t_next[N − 1] (at σ_N = 0) is never used: the last step is Euler.  [N], [N]
   t_hat, t_next = times(sigma_hat), times(np.maximum(sigmas[1:], sigmas[-2]))
   sigma_hat, sigma_next, churn_std = f32(sigma_hat), f32(sigmas[1:]), f32(churn_std)
+  full = lambda a, i: common.full_t(a[i], n)
 
-  def euler(i, y):
-    """Churn, then an Euler step σ̂_i → σ_{i+1}; returns (ŷ, d_i, y_{i+1})."""
-    y_hat = y + churn_std[i] * common.normal(keys, shape, i + 1)
-    s_hat = common.full_t(sigma_hat[i], n)
-    d = (y_hat - denoiser(y_hat, s_hat, common.full_t(t_hat[i], n))) / sigma_hat[i]
-    return y_hat, d, y_hat + (sigma_next[i] - sigma_hat[i]) * d
+  def churn(i, y):
+    return y + churn_std[i] * common.normal(keys, shape, i + 1)
 
   def heun(y, i):
-    y_hat, d, y_next = euler(i, y)
-    s_next = common.full_t(sigma_next[i], n)
-    d_next = (y_next - denoiser(y_next, s_next, common.full_t(t_next[i], n))) / sigma_next[i]
-    y = y_hat + (sigma_next[i] - sigma_hat[i]) * 0.5 * (d + d_next)
-    return constraints.project_noise_level(constraint, y, s_next, keys, i + 1), None
+    y = heun_step(denoiser, churn(i, y), full(sigma_hat, i), full(sigma_next, i), full(t_hat, i), full(t_next, i))
+    return constraints.project_noise_level(constraint, y, full(sigma_next, i), keys, i + 1), None
 
   # Karras et al. 2022, Algorithm 2: Heun steps, then an Euler step to σ_N = 0.
   y = constraints.project_noise_level(constraint, y, common.full_t(sigmas[0], n), keys, 0)
   y, _ = jax.lax.scan(heun, y, jnp.arange(num_steps - 1))
-  return constraints.finalize(constraint, euler(num_steps - 1, y)[2])
+  last = num_steps - 1
+  y, _ = euler_step(denoiser, churn(last, y), full(sigma_hat, last), full(sigma_next, last), full(t_hat, last))
+  return constraints.finalize(constraint, y)
 
 
 def edm_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], *, num_steps: int, rho: float,
