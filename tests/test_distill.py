@@ -60,3 +60,59 @@ def test_pseudo_huber_distance():
   got = distillation.distance(a, b, metric="pseudo_huber")
   np.testing.assert_allclose(got, math.sqrt(16 + c * c) - c, rtol=1e-6)
   np.testing.assert_allclose(distillation.distance(a, b, metric="l2"), 1.0)
+
+
+def test_one_loss_term_pinned_against_its_formula():
+  """The loss of Gaussian data N(0, s0² I) under VE, every network the exact denoiser
+  D(y, σ) = s0²/(s0² + σ²) y, equals the hand computation: the student at σ_{n+1} on
+  y = x + σ_{n+1} z, the target at σ_n on the teacher's Heun step from σ_{n+1} to σ_n."""
+  s0, eps, smax, n_levels = 1.5, 0.002, 80.0, 6
+  sde = sde_lib.VESDE(sigma_min=eps, sigma_max=smax)
+  exact = lambda x, t: -x / (s0**2 + sde_lib.bcast(sde.marginal_std(t), x) ** 2)
+  key = jax.random.key(3)
+  x = s0 * jax.random.normal(jax.random.key(4), (16, 3))
+  got = distillation.consistency_distillation_loss(
+      key, sde, exact, x, target_score_fn=exact, teacher_score_fn=exact, num_scales=n_levels, max_scales=8,
+      sigma_min=eps, sigma_max=smax, rho=7.0, metric="l2")
+  # The draws, as the docstring says: k_n, k_z = split(key); n uniform on {0..N−2}; z normal.
+  k_n, k_z = jax.random.split(key)
+  logits = jnp.where(jnp.arange(7) < n_levels - 1, 0.0, -jnp.inf)
+  n = np.asarray(jax.random.categorical(k_n, logits, shape=(16,)))
+  z = np.asarray(jax.random.normal(k_z, x.shape), np.float64)
+  assert n.max() <= n_levels - 2
+  i = np.arange(n_levels)
+  sig = (eps ** (1 / 7) + i / (n_levels - 1) * (smax ** (1 / 7) - eps ** (1 / 7))) ** 7
+  lo, hi = sig[n][:, None], sig[n + 1][:, None]
+  den = lambda y, s: s0**2 / (s0**2 + s**2) * y
+  xs = np.asarray(x, np.float64)
+  y_hi = xs + hi * z
+  d = (y_hi - den(y_hi, hi)) / hi
+  y_euler = y_hi + (lo - hi) * d
+  d_next = (y_euler - den(y_euler, lo)) / lo
+  y_lo = y_hi + (lo - hi) * 0.5 * (d + d_next)
+  want = np.mean(np.mean((den(y_hi, hi) - den(y_lo, lo)) ** 2, axis=-1))
+  np.testing.assert_allclose(float(got), want, rtol=2e-4)
+  assert want > 1e-4  # the Heun step's error is what the loss sees: not a 0 = 0 comparison
+
+
+def test_two_step_consistency_sampling_pinned_against_algorithm_1():
+  """method="consistency", 2 steps, with the exact Gaussian denoiser as f: x = f(y_0, τ_0), then
+  x = f(x + √(τ_1² − ε²) z_1, τ_1), each draw from the documented key."""
+  from score_jax import sampling  # pylint: disable=g-import-not-at-top
+  from score_jax.sampling import common  # pylint: disable=g-import-not-at-top
+  s0, eps, smax = 1.5, 0.002, 80.0
+  sde = sde_lib.VESDE(sigma_min=eps, sigma_max=smax)
+  exact = lambda x, t: -x / (s0**2 + sde_lib.bcast(sde.marginal_std(t), x) ** 2)
+  key = jax.random.key(11)
+  got, nfe = sampling.sample(key, sde, exact, (8, 3), "consistency", num_steps=2, sigmas=(60.0, 2.5),
+                             sigma_min=eps)
+  assert nfe == 2
+  keys = common.per_sample_keys(key, 8)
+  z0, z1 = (np.asarray(common.normal(keys, (8, 3), i), np.float64) for i in (0, 1))
+  den = lambda y, s: s0**2 / (s0**2 + s**2) * y
+  v = eps**2  # VE's prior N(0, σ_max²) in y: the data's share σ_min² (sampling/edm.py)
+  x = den(math.sqrt(60.0**2 + v) * z0, 60.0)
+  x = den(x + math.sqrt(2.5**2 - eps**2) * z1, 2.5)
+  # f is read back from the score as y + σ² score at t(σ) in float32: at σ = 60, s(t(σ)) = σ (1 ± 4e-7)
+  # moves D = y (1 − σ²/(s0² + s²)) by ~60 |z| · 5e-7 — the 3e-5 scale of the tolerance.
+  np.testing.assert_allclose(np.asarray(got), x, rtol=1e-4, atol=1e-4)
