@@ -20,6 +20,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from score_jax import distillation
 from score_jax import experiment
@@ -88,8 +89,8 @@ def initial_state(options: experiment.DistillOptions, student: experiment.Setup,
   experiment.check(student.model == teacher.setup.model, "config.distill.init",
                    "is 'teacher' but the student's network (config.model) differs from the teacher's; use the "
                    "teacher's network fields, or --config.distill.init=random.")
-  params = teacher.params
-  return lambda key: ts_lib.create_distill_state(jax.tree.map(lambda a: a + 0, params), student.tx, student.ema)
+  params = teacher.params  # copied: the state is donated to the step, the teacher's arrays are not
+  return lambda key: ts_lib.create_distill_state(jax.tree.map(jnp.copy, params), student.tx, student.ema)
 
 
 def objective(options: experiment.DistillOptions, teacher: Teacher, total_steps: int) -> train_step.Objective:

@@ -27,7 +27,6 @@ sigma_min / sigma_max = None for σ̃(eps) / σ̃(T).  NFE = k.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Sequence
 
 import jax
@@ -80,9 +79,6 @@ def consistency_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple
   n = shape[0]
   keys = common.per_sample_keys(key, n)
   denoise = edm.make_denoiser(sde, score_fn)
-  with jax.ensure_compile_time_eval():
-    t_end = jnp.float32(sde.T)
-    v = float((sde.prior_std**2 - sde.marginal_std(t_end) ** 2) / sde.mean_coeff(t_end) ** 2)
   f32 = lambda a: jnp.asarray(a, jnp.float32)
   times = jnp.clip(sde.time_from_noise_level(f32(taus)), sde.eps, sde.T)  # [k]
   restart_std = f32(np.sqrt(np.maximum(taus**2 - eps**2, 0.0)))  # [k]
@@ -92,7 +88,7 @@ def consistency_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple
     y = constraints.project_noise_level(constraint, y, sigma, keys, i)
     return denoise(y, sigma, common.full_t(times[i], n))
 
-  x = evaluate(math.sqrt(taus[0] ** 2 + max(v, 0.0)) * common.normal(keys, shape, 0), 0)
+  x = evaluate(edm.initial_std(sde, float(taus[0])) * common.normal(keys, shape, 0), 0)
   if len(taus) > 1:
     def step(x, i):
       return evaluate(x + restart_std[i] * common.normal(keys, shape, i), i), None
@@ -103,17 +99,8 @@ def consistency_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple
 def _check(sde: SDE, opts) -> None:
   options.count(opts, "num_steps")
   options.positive(opts, "rho")
-  for name in ("sigma_min", "sigma_max"):
-    if opts[name] is not None:
-      options.positive(opts, name)
-  floor, ceiling = edm._default_range(sde, None, None)  # pylint: disable=protected-access
-  lo, hi = edm._default_range(sde, opts["sigma_min"], opts["sigma_max"])  # pylint: disable=protected-access
-  slack = edm._RANGE_SLACK  # pylint: disable=protected-access
-  options.require(lo < hi, f"sampling options sigma_min={lo!r} and sigma_max={hi!r}: sigma_min must be smaller.")
-  options.require(lo >= floor * (1.0 - slack), f"sampling option sigma_min={lo!r} is below the SDE's noise level "
-                  f"at eps, {floor:.6g}; the score is not defined there (use None for that level).")
-  options.require(hi <= ceiling * (1.0 + slack), f"sampling option sigma_max={hi!r} exceeds the SDE's noise level "
-                  f"at T, {ceiling:.6g}; the score is not defined there (use None for that level).")
+  lo, _ = edm.check_sigma_range(sde, opts["sigma_min"], opts["sigma_max"])
+  _, ceiling = edm._default_range(sde, None, None)  # pylint: disable=protected-access
   sigmas = opts["sigmas"]
   if sigmas is None:
     return
@@ -127,7 +114,7 @@ def _check(sde: SDE, opts) -> None:
   options.require(bool(np.all(np.diff(taus) < 0)), f"sampling option sigmas={tuple(sigmas)!r} must decrease.")
   options.require(taus[-1] > lo, f"sampling option sigmas={tuple(sigmas)!r}: every level must exceed "
                   f"sigma_min={lo:.6g}, the model's boundary.")
-  options.require(taus[0] <= ceiling * (1.0 + slack), f"sampling option sigmas={tuple(sigmas)!r} starts above "
+  options.require(taus[0] <= ceiling * (1.0 + edm._RANGE_SLACK),  # pylint: disable=protected-access f"sampling option sigmas={tuple(sigmas)!r} starts above "
                   f"the SDE's noise level at T, {ceiling:.6g}.")
 
 

@@ -69,6 +69,34 @@ def edm_gammas(sigmas: np.ndarray, *, s_churn: float, s_min: float, s_max: float
   return np.where((levels >= s_min) & (levels <= s_max), gamma, 0.0)
 
 
+def initial_std(sde: SDE, sigma: float) -> float:
+  """The std of the first state y_0 at noise level σ: √(σ² + v), v = (p² − s(T)²)/m(T)² the data
+  variance the SDE's prior assumes in y (module docstring)."""
+  with jax.ensure_compile_time_eval():
+    t_end = jnp.float32(sde.T)
+    v = float((sde.prior_std**2 - sde.marginal_std(t_end) ** 2) / sde.mean_coeff(t_end) ** 2)
+  return math.sqrt(sigma**2 + max(v, 0.0))
+
+
+def check_sigma_range(sde: SDE, sigma_min: Optional[float], sigma_max: Optional[float]) -> tuple[float, float]:
+  """Raises ValueError unless σ_min < σ_max lie in [σ̃(eps), σ̃(T)] (None: those ends); returns them."""
+  for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+    if value is not None:
+      options.positive({name: value}, name)
+  lo, hi = _default_range(sde, sigma_min, sigma_max)
+  options.require(lo < hi, f"sampling options sigma_min={lo!r} and sigma_max={hi!r}: sigma_min must be smaller.")
+  floor, ceiling = _default_range(sde, None, None)
+  options.require(
+      lo >= floor * (1.0 - _RANGE_SLACK),
+      f"sampling option sigma_min={lo!r} is below the SDE's noise level at eps, {floor:.6g}; the score is not "
+      "defined there (use None for that level).")
+  options.require(
+      hi <= ceiling * (1.0 + _RANGE_SLACK),
+      f"sampling option sigma_max={hi!r} exceeds the SDE's noise level at T, {ceiling:.6g}; the score is not "
+      "defined there (use None for that level).")
+  return lo, hi
+
+
 def make_denoiser(sde: SDE, score_fn: ScoreFn) -> Denoiser:
   """D(y, σ, t) = y + σ² m(t) score_fn(m(t) y, t) for y [B, ...], σ [B] and t = t(σ) [B]."""
 
@@ -165,11 +193,7 @@ def edm_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
   sigmas = edm_sigmas(num_steps, sigma_min=lo, sigma_max=hi, rho=rho)
   gammas = edm_gammas(sigmas, s_churn=s_churn, s_min=s_min, s_max=s_max)
   keys = common.per_sample_keys(key, shape[0])
-  with jax.ensure_compile_time_eval():
-    t_end = jnp.float32(sde.T)
-    # Data variance the prior assumes, in y: (p² − s(T)²)/m(T)² (see the module docstring).
-    v = float((sde.prior_std**2 - sde.marginal_std(t_end) ** 2) / sde.mean_coeff(t_end) ** 2)
-  y0 = math.sqrt(sigmas[0] ** 2 + max(v, 0.0)) * common.normal(keys, shape, 0)  # [B, ...]
+  y0 = initial_std(sde, sigmas[0]) * common.normal(keys, shape, 0)  # [B, ...]
   y = edm_solve(make_denoiser(sde, score_fn), sde, y0, keys, sigmas=sigmas, gammas=gammas, s_noise=s_noise,
                 constraint=constraint)
   return y, 2 * num_steps - 1  # x = m(0) y = y at σ = 0
@@ -178,26 +202,13 @@ def edm_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
 def _check(sde: SDE, opts) -> None:
   options.count(opts, "num_steps")
   options.positive(opts, "rho", "s_noise")
-  for name in ("sigma_min", "sigma_max"):
-    if opts[name] is not None:
-      options.positive(opts, name)
   for name in ("s_churn", "s_min", "s_max"):
     value = opts[name]
     options.require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
                     f"sampling option {name}={value!r} must be a number >= 0.")
   options.require(opts["s_min"] <= opts["s_max"],
                   f"sampling options s_min={opts['s_min']!r} and s_max={opts['s_max']!r}: s_min must not exceed s_max.")
-  lo, hi = _default_range(sde, opts["sigma_min"], opts["sigma_max"])
-  options.require(lo < hi, f"sampling options sigma_min={lo!r} and sigma_max={hi!r}: sigma_min must be smaller.")
-  floor, ceiling = _default_range(sde, None, None)
-  options.require(
-      lo >= floor * (1.0 - _RANGE_SLACK),
-      f"sampling option sigma_min={lo!r} is below the SDE's noise level at eps, {floor:.6g}; the score is not "
-      "defined there (use None for that level).")
-  options.require(
-      hi <= ceiling * (1.0 + _RANGE_SLACK),
-      f"sampling option sigma_max={hi!r} exceeds the SDE's noise level at T, {ceiling:.6g}; the score is not "
-      "defined there (use None for that level).")
+  check_sigma_range(sde, opts["sigma_min"], opts["sigma_max"])
 
 
 EDM_METHOD = options.Method(edm_sample, dict(
