@@ -37,7 +37,11 @@ and App. C) map any point of a probability-flow trajectory to its origin,
     c_skip = σ_d²/((σ − ε)² + σ_d²),  c_out = (σ − ε) σ_d/√(σ² + σ_d²),  c_in = 1/√(σ² + σ_d²),
 
 with ε = ``boundary_sigma`` (the paper's 0.002), so that c_skip(ε) = 1 and c_out(ε) = 0: the
-boundary condition f(x̃, ε) = x̃ holds exactly, whatever F.  f is an estimate of x(0), so the
+boundary condition f(x̃, ε) = x̃ holds exactly, whatever F.  ``score_fn(x, t)`` sees σ only as
+σ̃(t), which for t = t(ε) lands a few float roundings off ε (bisection and exp/log, VP more than
+VE); levels within ``BOUNDARY_ULPS`` ulps of ε (relative 8e-6 in float32, far below any
+discretization step) are read as ε itself, so f(x̃, ε) = x̃ bit for bit through every caller
+(the sampler, the loss's target at ε).  f is an estimate of x(0), so the
 score it implies is the data prediction's, (f − x̃)/(σ² m), computed from
 f − x̃ = (c_skip − 1) x̃ + c_out F; ``sampling.edm.make_denoiser`` turns that score back into f
 (``method="consistency"`` samples with it) and is 0 at σ = ε.
@@ -73,6 +77,8 @@ ApplyFn = Callable[[Any, Array, Array], Array]
 ScoreFn = Callable[[Array, Array], Array]
 
 PARAMETRIZATIONS = ("noise", "score", "data", "velocity", "edm", "consistency")
+# σ̃(t) within this many ulps of a consistency model's boundary ε is the boundary (module docstring).
+BOUNDARY_ULPS = 64
 CONDITIONINGS = {
     "time": lambda sde, t: t,
     "sigma": lambda sde, t: sde.noise_level(t),
@@ -270,6 +276,10 @@ def get_score_fn(sde: sde_lib.SDE, apply_fn: ApplyFn, params: Any, *, parametriz
       t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])  # [B]
       m = sde_lib.bcast(sde.mean_coeff(t), x)
       sigma = sde.noise_level(t)  # [B]
+      # σ̃(t) of an evaluation at t(ε) is a few roundings off ε (the σ → t → σ̃ round trip): such
+      # a level is the boundary itself, so that f(x̃, ε) = x̃ bit for bit through every caller.
+      sigma = jnp.where(jnp.abs(sigma - boundary_sigma) <= BOUNDARY_ULPS * jnp.finfo(sigma.dtype).eps * boundary_sigma,
+                        jnp.asarray(boundary_sigma, sigma.dtype), sigma)
       c_skip, c_out, c_in = (sde_lib.bcast(c, x) for c in consistency_coefficients(sigma, sigma_data, boundary_sigma))
       x_scaled = x / m
       out, _ = network(c_in * x_scaled, t)

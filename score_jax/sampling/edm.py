@@ -118,7 +118,7 @@ def heun_step(denoiser: Denoiser, y: Array, sigma: Array, sigma_next: Array, t: 
   """One Heun step of dy/dσ = (y − D(y; σ))/σ from σ to σ_next > 0 [B] (Karras et al. 2022,
   Algorithm 1, lines 4–8): the Euler step, then the trapezoid of the slopes at both ends.  ``t``
   and ``t_next`` are the SDE times of the two levels, where ``denoiser`` is evaluated.  It is
-  the sampler's step and consistency distillation's teacher step (``losses.consistency_distillation_loss``)."""
+  the sampler's step and consistency distillation's teacher step (``distillation.consistency_distillation_loss``)."""
   y_next, d = euler_step(denoiser, y, sigma, sigma_next, t)
   d_next = (y_next - denoiser(y_next, sigma_next, t_next)) / bcast(sigma_next, y)
   return y + bcast(sigma_next - sigma, y) * 0.5 * (d + d_next)
