@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from score_jax import distillation
 from score_jax import score_fn as score_fn_lib
@@ -125,6 +126,7 @@ def test_two_step_consistency_sampling_pinned_against_algorithm_1():
   np.testing.assert_allclose(np.asarray(got), x, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.optimized  # 1500 train steps: the run, not the compile, dominates
 def test_one_step_student_of_the_exact_score_reproduces_the_mixture_and_two_steps_do_better():
   """Consistency distillation end to end on the 4-mode mixture of mixture_bar, the exact score as
   the teacher: the loss of score_jax.distillation, the target EMA of train_state.update_target,
@@ -198,7 +200,7 @@ def _smoke_config(path: str):
 
 
 def test_distill_mode_resumes_to_the_uninterrupted_state_and_its_student_samples_and_inpaints(tmp_path):
-  """The smoke chain of configs/distill/digits.py: an EDM teacher (4 steps) → --mode=distill (4
+  """The smoke chain of configs/distill/digits.py: an EDM teacher's export → --mode=distill (4
   steps, a checkpoint every 2) → a second run in a copy of that folder cut back to its step-2
   checkpoint resumes and ends bit for bit where the uninterrupted run did (student, EMA, target
   network, optimizer) → --mode=sample with 2 consistency steps → --mode=inpaint, known pixels exact."""
@@ -208,12 +210,19 @@ def test_distill_mode_resumes_to_the_uninterrupted_state_and_its_student_samples
   from score_jax.modes import distill as distill_mode  # pylint: disable=g-import-not-at-top
   from score_jax.modes import inpaint as inpaint_mode  # pylint: disable=g-import-not-at-top
   from score_jax.modes import sample as sample_mode  # pylint: disable=g-import-not-at-top
-  from score_jax.modes import train as train_mode  # pylint: disable=g-import-not-at-top
 
+  from score_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from score_jax import config_files  # pylint: disable=g-import-not-at-top
+  from score_jax import experiment  # pylint: disable=g-import-not-at-top
+
+  # The teacher as training leaves it for sampling (config.json and the EMA export of its step
+  # 4), its network initialised: what is distilled does not matter here, only the plumbing.
   teacher_dir = str(tmp_path / "teacher")
   teacher = _smoke_config("configs/edm/digits.py")
-  teacher.training.num_steps = 4
-  train_mode.run(teacher, teacher_dir)
+  os.makedirs(teacher_dir)
+  with open(os.path.join(teacher_dir, "config.json"), "w") as f:
+    f.write(config_files.to_json(teacher))
+  checkpointing.export_params(teacher_dir, 4, experiment.init_params(experiment.build(teacher), jax.random.key(3)))
 
   config = _smoke_config("configs/distill/digits.py")
   config.distill.teacher_workdir = teacher_dir
@@ -245,3 +254,39 @@ def test_distill_mode_resumes_to_the_uninterrupted_state_and_its_student_samples
   out = inpaint_mode.run(config, whole)
   with open(os.path.join(out.folder, "metrics.json")) as f:
     assert json.load(f)["known_max_abs_error"] == 0.0
+
+
+def test_consistency_sampler_grid_puts_levels_on_the_distillation_grid_and_refuses_levels_off_it():
+  """num_scales = N: the default levels are EDM-spaced levels moved to the nearest of the N
+  levels of distillation.levels (the loss's grid), sigmas off that grid are refused, and a
+  config whose sampler grid is not the distillation's is one line naming the field."""
+  from score_jax import experiment  # pylint: disable=g-import-not-at-top
+  from score_jax import sampling  # pylint: disable=g-import-not-at-top
+  from score_jax.sampling import consistency  # pylint: disable=g-import-not-at-top
+  sde = sde_lib.VESDE(sigma_min=0.002, sigma_max=80.0)
+  grid = np.asarray(distillation.levels(18, 18, sigma_min=0.002, sigma_max=80.0, rho=7.0), np.float64)[::-1]
+  opts = dict(sigmas=None, rho=7.0, sigma_min=0.002, sigma_max=80.0, num_scales=18)
+  for k, want in ((1, [0]), (2, [0, 8]), (4, [0, 4, 8, 13])):  # round(17 · (0, ¼, ½, ¾)) = 0, 4, 8 (half to even), 13
+    taus, eps = consistency.levels(sde, dict(opts, num_steps=k))
+    np.testing.assert_allclose(taus, grid[want], rtol=1e-6)
+    assert eps == 0.002
+  continuous, _ = consistency.levels(sde, dict(opts, num_steps=2, num_scales=None))
+  assert abs(continuous[1] - 2.5152) < 1e-3  # EDM-spaced, between grid levels 1.92 and 3.26
+  score = lambda x, t: -x / (1.0 + sde.noise_level(t)[:, None] ** 2)
+  x, nfe = sampling.sample(jax.random.key(0), sde, score, (4, 2), "consistency", num_steps=2, sigmas=(80.0, float(grid[5])), **{
+                               k: v for k, v in opts.items() if k != "sigmas"})
+  assert int(nfe) == 2 and np.all(np.isfinite(x))
+  with pytest.raises(ValueError, match=r"sigmas=\(80.0, 15.0\): \[15.0\] lie between the levels"):
+    sampling.sample(jax.random.key(0), sde, score, (4, 2), "consistency", num_steps=2, sigmas=(80.0, 15.0),
+                    **{k: v for k, v in opts.items() if k != "sigmas"})
+  with pytest.raises(ValueError, match="num_steps=18 exceeds the 17 levels"):
+    sampling.sample(jax.random.key(0), sde, score, (4, 2), "consistency", num_steps=18, **opts)
+
+  config = _smoke_config("configs/distill/digits.py")
+  config.distill.num_scales = 40
+  with pytest.raises(experiment.ConfigError, match=r"config.sampling.consistency.num_scales: is 18 but .* N = 40"):
+    experiment.distill_options(config, 0.002)
+  config.sampling.consistency.num_scales = 40
+  config.sampling.consistency.rho = 5.0
+  with pytest.raises(experiment.ConfigError, match=r"config.sampling.consistency.rho: is 5.0 but config.distill.rho"):
+    experiment.distill_options(config, 0.002)

@@ -347,6 +347,27 @@ class DistillOptions:
 INIT_KINDS = ("teacher", "random")
 
 
+def _check_sampling_grid(config: ConfigDict, loss: dict) -> None:
+  """The consistency sampler's grid (``config.sampling.consistency.num_scales``, when set) is the
+  one the distillation ends on: its N(K) levels on the same σ range and ρ."""
+  from score_jax import distillation  # pylint: disable=g-import-not-at-top
+  sampling = config.get("sampling") or {}
+  grid = sampling.get("consistency") or {}
+  if sampling.get("method") != "consistency" or grid.get("num_scales") is None:
+    return
+  total = int(config.training.num_steps)
+  final = int(distillation.num_scales_at(total, total, schedule=loss["scale_schedule"], num_scales=loss["num_scales"],
+                                         start_scales=loss["start_scales"]))
+  check(grid["num_scales"] == final, "config.sampling.consistency.num_scales",
+        f"is {grid['num_scales']!r} but the distillation ends on N = {final} levels (config.distill.num_scales, "
+        f"scale_schedule {loss['scale_schedule']!r}); set it to {final}, or to None to sample off the grid.")
+  for name in ("sigma_min", "sigma_max", "rho"):
+    value = grid.get(name)
+    check(value is None or math.isclose(float(value), float(loss[name]), rel_tol=1e-6),
+          f"config.sampling.consistency.{name}", f"is {value!r} but config.distill.{name} is {loss[name]!r}; the "
+          "sampler's grid must be the distillation's: set both to the same value.")
+
+
 def distill_options(config: ConfigDict, boundary_sigma: float) -> DistillOptions:
   """``config.distill`` validated; ``boundary_sigma`` is the student's ε (``Setup.boundary_sigma``).
 
@@ -380,6 +401,7 @@ def distill_options(config: ConfigDict, boundary_sigma: float) -> DistillOptions
   check(math.isclose(float(loss["sigma_min"]), boundary_sigma, rel_tol=1e-6), "config.distill.sigma_min",
         f"is {loss['sigma_min']!r} but the student's config.model.boundary_sigma is {boundary_sigma!r}; the "
         "discretization must start at the boundary where f(x, ε) = x: set both to the same value.")
+  _check_sampling_grid(config, loss)
   return DistillOptions(teacher_workdir=workdir, teacher_step=step, teacher_params=which,
                         teacher_config=teacher_config, teacher_pretrained=str(d["teacher_pretrained"] or ""),
                         init=d["init"], loss=loss)
