@@ -290,3 +290,53 @@ def test_consistency_sampler_grid_puts_levels_on_the_distillation_grid_and_refus
   config.sampling.consistency.rho = 5.0
   with pytest.raises(experiment.ConfigError, match=r"config.sampling.consistency.rho: is 5.0 but config.distill.rho"):
     experiment.distill_options(config, 0.002)
+
+
+def test_a_converted_published_checkpoint_is_a_teacher_and_a_mismatched_one_is_one_line(tmp_path):
+  """teacher_config + teacher_pretrained: the export is read through the config's network (the
+  parameters come back as written, the source and step recorded); a teacher of another data shape
+  is refused before its parameters are read."""
+  import json  # pylint: disable=g-import-not-at-top
+  from score_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from score_jax import experiment  # pylint: disable=g-import-not-at-top
+  from score_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from score_jax.jobs import distill as distill_jobs  # pylint: disable=g-import-not-at-top
+
+  teacher_spec = "configs/edm/digits.py:smoke"
+  teacher_setup = experiment.build(_smoke_config("configs/edm/digits.py"))
+  params = experiment.init_params(teacher_setup, jax.random.key(5))
+  export = str(tmp_path / "published")
+  checkpointing.export_params(export, 7, params)  # as score_jax.pretrained.export leaves a conversion
+  with open(os.path.join(export, pretrained.META_FILE), "w") as f:
+    json.dump({"format": "test", "source": "none", "step": 7, "centered": teacher_setup.centered,
+               "conditioning": teacher_setup.conditioning, "config": teacher_spec}, f)
+
+  config = _smoke_config("configs/distill/digits.py")
+  config.distill.update(dict(teacher_workdir="", teacher_config=teacher_spec, teacher_pretrained=export))
+  student = experiment.build(config)
+  options = experiment.distill_options(config, student.boundary_sigma)
+  teacher = distill_jobs.load_teacher(options, student, str(tmp_path / "student"))
+  assert teacher.step == 7 and teacher.setup.parametrization == "edm"
+  assert teacher.source == f"{teacher_spec} + {export}"
+  for a, b in zip(jax.tree.leaves(teacher.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  config.distill.teacher_config = "configs/edm/cifar10_ddpmpp.py:smoke"
+  with pytest.raises(experiment.ConfigError, match=r"^config\.distill\.teacher_config: the teacher .* has data shape"):
+    distill_jobs.load_teacher(experiment.distill_options(config, student.boundary_sigma), student,
+                              str(tmp_path / "student"))
+  config.distill.teacher_config = teacher_spec + "_typo"
+  with pytest.raises(experiment.ConfigError, match=r"^config\.distill\.teacher_config: "):
+    distill_jobs.load_teacher(experiment.distill_options(config, student.boundary_sigma), student,
+                              str(tmp_path / "student"))
+  wider = _smoke_config("configs/edm/digits.py")
+  wider.model.network.nf = 2 * wider.model.network.nf
+  other = str(tmp_path / "other")
+  checkpointing.export_params(other, 7, experiment.init_params(experiment.build(wider), jax.random.key(5)))
+  with open(os.path.join(other, pretrained.META_FILE), "w") as f:
+    json.dump({"format": "test", "step": 7, "conditioning": teacher_setup.conditioning}, f)
+  config.distill.update(dict(teacher_config=teacher_spec, teacher_pretrained=other))
+  with pytest.raises(experiment.ConfigError,
+                     match=r"^config\.distill\.teacher_pretrained: the teacher's config\.model\.pretrained: .* shape"):
+    distill_jobs.load_teacher(experiment.distill_options(config, student.boundary_sigma), student,
+                              str(tmp_path / "student"))

@@ -36,7 +36,7 @@ class Teacher:
 
   setup: experiment.Setup
   params: Any
-  source: str
+  source: str  # the run's folder, or "<config spec> + <export folder>" of a published teacher
   step: int
 
 
@@ -59,10 +59,12 @@ def load_teacher(options: experiment.DistillOptions, student: experiment.Setup, 
     config = runs.load_config(where, options.teacher_step)
   else:
     field, where = "config.distill.teacher_config", options.teacher_config
-    config = config_files.load(where)
-    config.model.pretrained = options.teacher_pretrained
+    try:
+      config = config_files.load(where)
+    except config_files.ConfigFileError as e:  # its message names --config=<spec>: name the field instead
+      raise experiment.ConfigError(f"{field}: {str(e).replace(f'--config={where}: ', '', 1)}") from None
   config.sampling.params = options.teacher_params
-  with experiment.config_field(field):
+  with experiment.config_field(field):  # the task first, the converted export (if any) after
     setup = experiment.build(config, mesh=student.mesh)
   for what, mine, theirs in (("data shape", student.data_shape, setup.data_shape), ("SDE", student.sde, setup.sde),
                              ("classes", student.num_classes, setup.num_classes)):
@@ -70,9 +72,18 @@ def load_teacher(options: experiment.DistillOptions, student: experiment.Setup, 
                      f"{mine!r}; distillation needs the same task under the same SDE.")
   experiment.check(setup.parametrization != "consistency", field,
                    f"the teacher ({where}) is itself a consistency model; distil a score model (its ODE is the target).")
+  if options.teacher_config and options.teacher_pretrained:
+    config.model.pretrained = options.teacher_pretrained
+    try:
+      setup = experiment.build(config, mesh=student.mesh)  # checks the export against the teacher's network
+    except experiment.ConfigError as e:
+      message = str(e).replace("config.model.", "the teacher's config.model.", 1)
+      raise experiment.ConfigError(f"config.distill.teacher_pretrained: {message}") from None
   step, params = params_lib.load_ema_params(setup, where if options.teacher_workdir else workdir,
                                             options.teacher_step)
-  return Teacher(setup=setup, params=params, source=os.path.abspath(where), step=step)
+  source = os.path.abspath(where) if options.teacher_workdir else (
+      f"{options.teacher_config} + {os.path.abspath(options.teacher_pretrained)}")
+  return Teacher(setup=setup, params=params, source=source, step=step)
 
 
 def initial_state(options: experiment.DistillOptions, student: experiment.Setup,
