@@ -248,9 +248,20 @@ def test_distill_mode_resumes_to_the_uninterrupted_state_and_its_student_samples
   config.sampling.consistency.num_steps = 2
   out = sample_mode.run(config, whole)
   with np.load(os.path.join(out.folder, "samples.npz")) as data:
-    assert np.all(np.isfinite(data["samples"]))
+    cli = data["samples"]
+  assert np.all(np.isfinite(cli))
   with open(os.path.join(out.folder, "metrics.json")) as f:
     assert json.load(f)["nfe"] == 2
+  # score_jax.load_run reads the student as any run: its sampler is the consistency method on its grid.
+  import score_jax  # pylint: disable=g-import-not-at-top
+  from score_jax import sampling  # pylint: disable=g-import-not-at-top
+  run = score_jax.load_run(whole)
+  assert run.sampling_method == "consistency" and run.sampling_options["num_scales"] == 18
+  key = run.draw_key(0)
+  keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(np.arange(len(cli), dtype=np.uint32))
+  x, nfe = sampling.sample(keys, run.sde, run.score_fn, cli.shape, "consistency",
+                           **dict(run.sampling_options, num_steps=2))
+  np.testing.assert_allclose(np.asarray(x), cli, rtol=1e-5, atol=1e-5)
   out = inpaint_mode.run(config, whole)
   with open(os.path.join(out.folder, "metrics.json")) as f:
     assert json.load(f)["known_max_abs_error"] == 0.0
