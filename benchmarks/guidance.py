@@ -128,7 +128,7 @@ def run_rows(config, workdir: str, step: Optional[int], rows, scorer: Scorer, ou
   if which == "raw":
     repl = sharding_lib.replicated(base.mesh)
     with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
-      params = ckpt.restore(experiment.abstract_state(base, experiment.keys(base.seed)["init"], repl), step=step).params
+      params = ckpt.restore(experiment.abstract_state(base, repl), step=step).params
   for i, (name, fields) in enumerate(rows):
     config.guidance.update(fields)
     setup = experiment.build(config)

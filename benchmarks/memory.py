@@ -90,7 +90,7 @@ def measure(config_name: str, mode: str, dtype: str, *, smoke: bool = False) -> 
   setup = experiment.build(config)
   keys = experiment.keys(config.seed)
   repl = sharding_lib.replicated(setup.mesh)
-  state = experiment.abstract_state(setup, keys["init"], repl)
+  state = experiment.abstract_state(setup, repl)
   data = sharding_lib.data_sharding(setup.mesh)
   shapes = {name: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=data)
             for name, s in experiment.abstract_batch(setup).items()}

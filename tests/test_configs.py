@@ -154,3 +154,28 @@ def test_sde_smallest_times_can_be_overridden():
   config.sde.vp.update(dict(eps=1e-2, train_eps=1e-4))
   sde = experiment.build(config).sde
   assert (sde.eps, sde.train_eps) == (1e-2, 1e-4)
+
+
+def test_param_shapes_are_the_init_shapes_traced_once_and_follow_x64():
+  """experiment.param_shapes: the shapes and dtypes of init_params, traced once per network and
+  data shape (a second build of the same config does not trace the network again) and keyed on
+  jax_enable_x64, under which initializers' default dtype is float64."""
+  from score_jax.experiment import state as state_lib  # pylint: disable=g-import-not-at-top
+  _, config = load("configs/ve/digits.py", "smoke")
+  setup = experiment.build(config)
+  params = experiment.init_params(setup, jax.random.key(1))
+  shapes = experiment.param_shapes(setup)
+  assert jax.tree.structure(shapes) == jax.tree.structure(params)
+  for s, p in zip(jax.tree.leaves(shapes), jax.tree.leaves(params)):
+    assert (s.shape, s.dtype) == (p.shape, p.dtype)
+  before = state_lib._cached_param_shapes.cache_info()  # pylint: disable=protected-access
+  again = experiment.build(load("configs/ve/digits.py", "smoke")[1])
+  assert experiment.param_shapes(again) is shapes
+  after = state_lib._cached_param_shapes.cache_info()  # pylint: disable=protected-access
+  assert after.misses == before.misses and after.hits > before.hits
+  state = experiment.abstract_state(setup)
+  assert jax.tree.structure(state.params) == jax.tree.structure(params)
+  with jax.enable_x64(True):
+    wide = {s.dtype for s in jax.tree.leaves(experiment.param_shapes(setup))}
+    real = {p.dtype for p in jax.tree.leaves(experiment.init_params(setup, jax.random.key(1)))}
+  assert wide == real

@@ -105,10 +105,9 @@ print("RESULT " + json.dumps(out))
 def _restore(config, workdir: str):
   """The checkpoint of step STEPS restored with this process's mesh and the config's state shardings."""
   setup = experiment.build(config)
-  key = experiment.keys(config.seed)["init"]
-  shardings = train_step.state_shardings(experiment.train_options(config), setup, experiment.abstract_state(setup, key))
+  shardings = train_step.state_shardings(experiment.train_options(config), setup, experiment.abstract_state(setup))
   with checkpointing.Checkpointer(workdir, create=False, async_save=False) as ckpt:
-    return ckpt.restore(experiment.abstract_state(setup, key, shardings), step=STEPS)
+    return ckpt.restore(experiment.abstract_state(setup, shardings), step=STEPS)
 
 
 def _child(script: str, devices: int, cache: str) -> dict:

@@ -24,7 +24,8 @@ from score_jax.experiment.components import (COMPUTE_DTYPES, KEY_STREAMS, LOSSES
 from score_jax.experiment.control_options import (CONTROLLABLE_MODES, GUIDANCE_KINDS, ControllableOptions,
                                                   GuidanceOptions, controllable_options, guidance_options)
 from score_jax.experiment.data import DATA_KINDS, IMAGE_KINDS, Data, ImageData, ToyData, build_data, build_image_data, build_sde
-from score_jax.experiment.state import abstract_batch, abstract_state, init_params, init_state, num_params
+from score_jax.experiment.state import (abstract_batch, abstract_state, init_params, init_state, num_params, param_shapes,
+                                        state_from_params)
 from score_jax.experiment.options import (EXTRACTORS, ClassifierOptions, DistillOptions, EvalOptions, FitOptions,
                                           NoisyClassifierOptions, PosthocOptions, SampleOptions, TrainOptions,
                                           classifier_options, distill_options, eval_options,

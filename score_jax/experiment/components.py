@@ -43,7 +43,7 @@ from score_jax import sharding as sharding_lib
 from score_jax import train_state as ts_lib
 from score_jax.experiment.checks import ConfigDict, ConfigError, as_dict, check, config_field, is_int, is_number
 from score_jax.experiment.data import Data, ImageData, build_data, build_sde
-from score_jax.experiment.state import abstract_batch, init_params
+from score_jax.experiment.state import abstract_batch, param_shapes
 
 Array = Any
 
@@ -380,23 +380,40 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
                 pretrained=str(config.model.get("pretrained", "") or ""), grad_accum=accum,
                 sigma_data=float(sigma_data), sample_params=sample_params(config),
                 boundary_sigma=float(boundary_sigma))
-  # Trace (never compile) the loss, first with an exact-shape stand-in score, then with the
-  # network: a wrong loss option or a network that does not return x's shape fails here.
+  _trace_loss(config, setup)
+  if setup.pretrained:
+    _check_pretrained(setup, param_shapes(setup))
+  return setup
+
+
+# Configs whose loss traced cleanly in this process (their JSON and the widest float): tracing
+# is a pure function of the config, and a job (train, then resume, sample, eval) builds the same
+# config several times.
+_TRACED: set[tuple[str, Any]] = set()
+
+
+def _trace_loss(config: ConfigDict, setup: Setup) -> None:
+  """Traces (never compiles) the loss, first with an exact-shape stand-in score, then with the
+  network: a wrong loss option or a network that does not return x's shape fails here."""
+  try:
+    memo = (config.to_json(sort_keys=True), jax.dtypes.canonicalize_dtype(jnp.float64))
+  except (TypeError, ValueError):  # a field JSON cannot hold: no memo
+    memo = None
+  if memo is not None and memo in _TRACED:
+    return
   k = keys(config.seed)
   batch = abstract_batch(setup)
   with config_field("config.training.loss_options"):
-    jax.eval_shape(lambda key, x: loss_fn(key, sde, lambda y, t: -y, x), k["train"], batch["image"])
+    jax.eval_shape(lambda key, x: setup.loss_fn(key, setup.sde, lambda y, t: -y, x), k["train"], batch["image"])
 
   def network_loss(params, key, batch):
     labels = batch.get("label") if setup.num_classes else None
-    return loss_fn(key, sde, setup.score_fn(params, labels, train=True, dropout_key=key), batch["image"])
+    return setup.loss_fn(key, setup.sde, setup.score_fn(params, labels, train=True, dropout_key=key), batch["image"])
 
   with config_field("config.model"):
-    params = jax.eval_shape(functools.partial(init_params, setup), k["init"])
-    jax.eval_shape(network_loss, params, k["train"], batch)
-  if setup.pretrained:
-    _check_pretrained(setup, params)
-  return setup
+    jax.eval_shape(network_loss, param_shapes(setup), k["train"], batch)
+  if memo is not None:
+    _TRACED.add(memo)
 
 
 def _check_pretrained(setup: Setup, params: Any) -> None:

@@ -52,19 +52,18 @@ def latest_ema_params(setup: experiment.Setup, workdir: str, step: Optional[int]
     checkpointing.CheckpointMismatchError: the config's model differs from the saved one.
   """
   repl = sharding_lib.replicated(setup.mesh)
-  init_key = experiment.keys(setup.seed)["init"]
   if setup.pretrained:  # a converted published checkpoint replaces the workdir's own
     if step is not None and step not in available_steps(setup, workdir):
       return None
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
-                          jax.eval_shape(lambda k: experiment.init_params(setup, k), init_key))
+                          experiment.param_shapes(setup))
     return available_steps(setup, workdir)[0], pretrained.load_export(setup.pretrained, target)
   candidates = available_steps(setup, workdir)
   if not candidates or (step is not None and step not in candidates):
     return None
   params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
-                        jax.eval_shape(lambda k: experiment.init_params(setup, k), init_key))
-  state = experiment.abstract_state(setup, init_key, repl)
+                        experiment.param_shapes(setup))
+  state = experiment.abstract_state(setup, repl)
   which = setup.sample_params
   sources = []
   for s in sorted(candidates, reverse=True) if step is None else [step]:

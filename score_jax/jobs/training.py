@@ -118,11 +118,11 @@ def fit(setup: experiment.Setup, workdir: str, opts: experiment.TrainOptions, *,
   keys = experiment.keys(setup.seed)
   repl = sharding_lib.replicated(setup.mesh)
   batch_shardings = jax.tree.map(lambda _: sharding_lib.data_sharding(setup.mesh), experiment.abstract_batch(setup))
-  state_sh = train_step.state_shardings(opts, setup, experiment.abstract_state(setup, keys["init"]))
+  state_sh = train_step.state_shardings(opts, setup, experiment.abstract_state(setup))
 
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=opts.max_to_keep)
   try:
-    found = ckpt.restore_newest_readable(experiment.abstract_state(setup, keys["init"], state_sh))
+    found = ckpt.restore_newest_readable(experiment.abstract_state(setup, state_sh))
     if found is not None:
       state = found[1]
       logging.info("Resuming from the checkpoint of step %d in %s.", int(state.step), ckpt.directory)
