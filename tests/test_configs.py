@@ -161,21 +161,20 @@ def test_param_shapes_are_the_init_shapes_traced_once_and_follow_x64():
   data shape (a second build of the same config does not trace the network again) and keyed on
   jax_enable_x64, under which initializers' default dtype is float64."""
   from score_jax.experiment import state as state_lib  # pylint: disable=g-import-not-at-top
-  _, config = load("configs/ve/digits.py", "smoke")
-  setup = experiment.build(config)
-  params = experiment.init_params(setup, jax.random.key(1))
-  shapes = experiment.param_shapes(setup)
-  assert jax.tree.structure(shapes) == jax.tree.structure(params)
-  for s, p in zip(jax.tree.leaves(shapes), jax.tree.leaves(params)):
-    assert (s.shape, s.dtype) == (p.shape, p.dtype)
+  path = "configs/ve/digits.py"
+  setup = experiment.build(load(path, "smoke")[1])
+  traced = lambda: jax.eval_shape(lambda k: experiment.init_params(setup, k), jax.random.key(1))
+  shapes, want = experiment.param_shapes(setup), traced()
+  assert jax.tree.structure(shapes) == jax.tree.structure(want)
+  for s, w in zip(jax.tree.leaves(shapes), jax.tree.leaves(want)):
+    assert (s.shape, s.dtype) == (w.shape, w.dtype)
   before = state_lib._cached_param_shapes.cache_info()  # pylint: disable=protected-access
-  again = experiment.build(load("configs/ve/digits.py", "smoke")[1])
+  again = experiment.build(load(path, "smoke")[1])
   assert experiment.param_shapes(again) is shapes
   after = state_lib._cached_param_shapes.cache_info()  # pylint: disable=protected-access
   assert after.misses == before.misses and after.hits > before.hits
-  state = experiment.abstract_state(setup)
-  assert jax.tree.structure(state.params) == jax.tree.structure(params)
+  assert jax.tree.structure(experiment.abstract_state(setup).params) == jax.tree.structure(want)
   with jax.enable_x64(True):
-    wide = {s.dtype for s in jax.tree.leaves(experiment.param_shapes(setup))}
-    real = {p.dtype for p in jax.tree.leaves(experiment.init_params(setup, jax.random.key(1)))}
-  assert wide == real
+    wide, want = experiment.param_shapes(setup), traced()
+  assert [s.dtype for s in jax.tree.leaves(wide)] == [w.dtype for w in jax.tree.leaves(want)]
+  assert jnp.dtype("float64") in {s.dtype for s in jax.tree.leaves(wide)}  # the key matters: GroupNorm's scale and bias
