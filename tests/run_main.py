@@ -1,5 +1,6 @@
 """Helpers for tests that run ``main.py`` (or a script) in fresh processes: kill -9, SIGTERM,
-several devices, several JAX processes.  Children share the test compilation cache."""
+several devices, several JAX processes.  Children share the test compilation cache.  Also what
+tests of runs share: saved states, tree comparisons, stand-in parameters for workdirs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+import jax
 import numpy as np
 
 from score_jax import checkpointing
@@ -79,3 +81,12 @@ def assert_trees_close(a, b, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
   assert tree_a == tree_b
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def stand_in_params(setup, seed: int):
+  """Parameters of ``setup``'s network drawn as small normals from ``seed`` with NumPy (nothing
+  compiled, unlike an init): tests of plumbing need arrays of the right shapes, not an
+  initialisation."""
+  from score_jax import experiment  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype), experiment.param_shapes(setup))

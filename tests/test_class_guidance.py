@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import ml_collections
+import run_main
 
 from score_jax import checkpointing
 from score_jax import compilation
@@ -186,7 +187,7 @@ def _autoguide_run(root, name, config, seed=None, steps=(0, 5)):
   if seed is None:
     return workdir, None, None
   setup = experiment.build(config)
-  base = compilation.run_once(functools.partial(experiment.init_params, setup), jax.random.key(seed))
+  base = run_main.stand_in_params(setup, seed)
   noise = jax.jit(lambda ps, k: jax.tree.map(lambda p: p + 0.05 * jax.random.normal(k, p.shape, p.dtype), ps))
   out = {}
   for i, step in enumerate(steps):

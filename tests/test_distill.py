@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import run_main
+
 from score_jax import distillation
 from score_jax import score_fn as score_fn_lib
 from score_jax import sde as sde_lib
@@ -187,15 +189,6 @@ def test_one_step_student_of_the_exact_score_reproduces_the_mixture_and_two_step
   assert result[2][1] < 0.8 * sw_one, (result[2][1], sw_one)  # two steps: closer to the target
 
 
-def _stand_in_params(setup, seed: int):
-  """Parameters of ``setup``'s network drawn as small normals from ``seed`` (NumPy, nothing
-  compiled): tests of plumbing need arrays of the right shapes, not an initialisation."""
-  from score_jax import experiment  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(s.dtype),
-                      experiment.param_shapes(setup))
-
-
 def _smoke_config(path: str):
   import importlib.util  # pylint: disable=g-import-not-at-top
   import pathlib  # pylint: disable=g-import-not-at-top
@@ -213,7 +206,7 @@ def test_distill_mode_resumes_to_the_uninterrupted_state_and_its_student_samples
   network, optimizer) → --mode=sample with 2 consistency steps → --mode=inpaint, known pixels exact."""
   import json  # pylint: disable=g-import-not-at-top
   import shutil  # pylint: disable=g-import-not-at-top
-  import run_main  # pylint: disable=g-import-not-at-top
+
   from score_jax.modes import distill as distill_mode  # pylint: disable=g-import-not-at-top
   from score_jax.modes import inpaint as inpaint_mode  # pylint: disable=g-import-not-at-top
   from score_jax.modes import sample as sample_mode  # pylint: disable=g-import-not-at-top
@@ -229,7 +222,7 @@ def test_distill_mode_resumes_to_the_uninterrupted_state_and_its_student_samples
   os.makedirs(teacher_dir)
   with open(os.path.join(teacher_dir, "config.json"), "w") as f:
     f.write(config_files.to_json(teacher))
-  checkpointing.export_params(teacher_dir, 4, _stand_in_params(experiment.build(teacher), 3))
+  checkpointing.export_params(teacher_dir, 4, run_main.stand_in_params(experiment.build(teacher), 3))
 
   config = _smoke_config("configs/distill/digits.py")
   config.distill.teacher_workdir = teacher_dir
@@ -322,7 +315,7 @@ def test_a_converted_published_checkpoint_is_a_teacher_and_a_mismatched_one_is_o
 
   teacher_spec = "configs/edm/digits.py:smoke"
   teacher_setup = experiment.build(_smoke_config("configs/edm/digits.py"))
-  params = _stand_in_params(teacher_setup, 5)
+  params = run_main.stand_in_params(teacher_setup, 5)
   export = str(tmp_path / "published")
   checkpointing.export_params(export, 7, params)  # as score_jax.pretrained.export leaves a conversion
   with open(os.path.join(export, pretrained.META_FILE), "w") as f:
@@ -350,7 +343,7 @@ def test_a_converted_published_checkpoint_is_a_teacher_and_a_mismatched_one_is_o
   wider = _smoke_config("configs/edm/digits.py")
   wider.model.network.nf = 2 * wider.model.network.nf
   other = str(tmp_path / "other")
-  checkpointing.export_params(other, 7, _stand_in_params(experiment.build(wider), 5))
+  checkpointing.export_params(other, 7, run_main.stand_in_params(experiment.build(wider), 5))
   with open(os.path.join(other, pretrained.META_FILE), "w") as f:
     json.dump({"format": "test", "step": 7, "conditioning": teacher_setup.conditioning}, f)
   config.distill.update(dict(teacher_config=teacher_spec, teacher_pretrained=other))
