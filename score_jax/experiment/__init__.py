@@ -20,7 +20,7 @@ Defaults of the job sections live in ``configs/common.py`` alone (``eval_section
 from score_jax.experiment.checks import (ConfigDict, ConfigError, as_dict, check, config_field, int_field, is_int,
                                          is_number, merge_defaults, positive_field)
 from score_jax.experiment.components import (COMPUTE_DTYPES, KEY_STREAMS, LOSSES, SAMPLE_PARAMS, Setup, build,
-                                             build_ema, conversion_target, keys, seed_of)
+                                             build_ema, conversion_target, forward, keys, seed_of)
 from score_jax.experiment.control_options import (CONTROLLABLE_MODES, GUIDANCE_KINDS, ControllableOptions,
                                                   GuidanceOptions, controllable_options, guidance_options)
 from score_jax.experiment.data import DATA_KINDS, IMAGE_KINDS, Data, ImageData, ToyData, build_data, build_image_data, build_sde

@@ -75,6 +75,26 @@ def keys(seed: int) -> dict[str, jax.Array]:
 
 
 # --- setup --------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def forward(model: Any) -> Callable[..., Array]:
+  """``model``'s forward pass as one jitted function per module (modules are hashable and
+  compare by their fields): ``forward(model)(params, x, cond, labels, dropout_key, train)``.
+
+  A jitted function called inside another traced program is traced once per input shapes and
+  dtypes and its jaxpr reused, derivatives included.  So the train step, the samplers, the
+  likelihood and the evaluations of one process trace the network once per batch shape,
+  instead of once per program and per call site (the digits smoke U-Net: about 0.45 s a trace
+  on a 2-core CPU).  XLA inlines the call, so the compiled programs are the same.
+  """
+
+  def apply(params: Any, x: Array, cond: Array, labels: Optional[Array], dropout_key: Optional[jax.Array],
+            train: bool) -> Array:
+    rngs = {"dropout": dropout_key} if dropout_key is not None else None
+    return model.apply({"params": params}, x, cond, labels, train=train, rngs=rngs)
+
+  return jax.jit(apply, static_argnums=5)
+
+
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """Everything built from a config, before anything is compiled.
@@ -142,8 +162,7 @@ class Setup:
   def apply(self, params: Any, x: Array, cond: Array, labels: Array | None = None, *, train: bool = False,
             dropout_key: jax.Array | None = None) -> Array:
     """The network on its ``"params"`` collection: x [B, ...], cond [B] -> [B, ...]."""
-    rngs = {"dropout": dropout_key} if train and dropout_key is not None else None
-    return self.model.apply({"params": params}, x, cond, labels, train=train, rngs=rngs)
+    return forward(self.model)(params, x, cond, labels, dropout_key if train else None, train)
 
   def score_fn(self, params: Any, labels: Array | None = None, *, train: bool = False,
                dropout_key: jax.Array | None = None) -> Callable[[Array, Array], Array]:
