@@ -159,31 +159,30 @@ def test_sde_smallest_times_can_be_overridden():
 def test_the_network_is_traced_once_per_batch_shape_whatever_program_calls_it(monkeypatch):
   """Setup.apply runs the network through experiment.forward(model), one jitted function per
   network: a gradient, a program with two call sites and a program of a second build of the
-  same config trace the U-Net once for one batch shape (a new batch shape once more), and give
-  model.apply's values."""
+  same config trace the U-Net once for one batch shape (a new batch shape once more), and the
+  compiled result is model.apply's."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from score_jax.models import unet  # pylint: disable=g-import-not-at-top
   _, config = load("configs/ve/digits.py", "smoke")
   config.model.network.nf = 12  # a network that no other test of this process has traced
   setup = experiment.build(config)
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype),
-                        experiment.param_shapes(setup))
-  x, t = jnp.asarray(rng.standard_normal((3, 8, 8, 1)), jnp.float32), jnp.array([0.1, 0.5, 0.9])
+  shapes = experiment.param_shapes(setup)
+  x, t = jax.ShapeDtypeStruct((3, 8, 8, 1), jnp.float32), jax.ShapeDtypeStruct((3,), jnp.float32)
   calls = []
   call = unet.UNet.__call__
   monkeypatch.setattr(unet.UNet, "__call__", lambda self, *a, **k: (calls.append(a[0].shape), call(self, *a, **k))[1])
-  grads = jax.jit(jax.grad(lambda p: jnp.sum(setup.apply(p, x, t) ** 2)))(params)
-  twice = jax.jit(lambda p: setup.apply(p, x, t) - setup.apply(p, 2.0 * x, t))(params)
+  jax.eval_shape(jax.grad(lambda p, x, t: jnp.sum(setup.apply(p, x, t) ** 2)), shapes, x, t)
+  jax.eval_shape(lambda p, x, t: setup.apply(p, x, t) - setup.apply(p, 2.0 * x, t), shapes, x, t)
   again = experiment.build(config)
-  out = jax.jit(lambda p: again.apply(p, x, t))(params)
+  jax.eval_shape(again.apply, shapes, x, t)
   assert calls == [(3, 8, 8, 1)]
-  jax.jit(lambda p: setup.apply(p, x[:2], t[:2]))(params)
-  assert calls == [(3, 8, 8, 1), (2, 8, 8, 1)]
-  direct = lambda x: setup.model.apply({"params": params}, x, t, None, train=False)
-  np.testing.assert_allclose(out, direct(x), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(twice, direct(x) - direct(2.0 * x), rtol=1e-5, atol=1e-6)
-  assert max(float(np.max(np.abs(g))) for g in jax.tree.leaves(grads)) > 0.0
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: jnp.asarray(0.05 * rng.standard_normal(s.shape), s.dtype), shapes)
+  x2, t2 = jnp.asarray(rng.standard_normal((2, 8, 8, 1)), jnp.float32), jnp.array([0.1, 0.9])
+  out, direct = jax.jit(lambda p: (again.apply(p, x2, t2), setup.model.apply({"params": p}, x2, t2, None)))(params)
+  assert calls == [(3, 8, 8, 1), (2, 8, 8, 1), (2, 8, 8, 1)]  # forward's trace, then the direct apply's
+  np.testing.assert_allclose(out, direct, rtol=1e-5, atol=1e-6)
+  assert float(np.max(np.abs(np.asarray(out)))) > 0.0
 
 
 def test_param_shapes_are_the_init_shapes_traced_once_and_follow_x64():
