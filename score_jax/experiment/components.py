@@ -84,7 +84,9 @@ def forward(model: Any) -> Callable[..., Array]:
   dtypes and its jaxpr reused, derivatives included.  So the train step, the samplers, the
   likelihood and the evaluations of one process trace the network once per batch shape,
   instead of once per program and per call site (the digits smoke U-Net: about 0.45 s a trace
-  on a 2-core CPU).  XLA inlines the call, so the compiled programs are the same.
+  on a 2-core CPU).  XLA inlines the call: checked on the digits smoke U-Net's forward pass
+  and the shapes_16 smoke U-Net's gradient, whose optimised HLO has no call op and as many
+  fusions as with a direct ``model.apply`` (108 and 512).
   """
 
   def apply(params: Any, x: Array, cond: Array, labels: Optional[Array], dropout_key: Optional[jax.Array],
