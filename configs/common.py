@@ -69,6 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
   optim.optimizer = "adam"
   optim.lr = 2e-4
   optim.warmup = 5000
+  # After the warmup: "constant" (score_sde), "cosine" to 0 over decay_steps, or EDM2's
+  # "inverse_sqrt" (lr / sqrt(max(step / decay_steps, 1))); decay_steps is read by the last two.
+  optim.decay = "constant"
+  optim.decay_steps = 0
   optim.grad_clip = 1.0
   optim.b1 = 0.9
   optim.b2 = 0.999
@@ -302,6 +306,8 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   if "ema" in config.model:
     config.model.ema.snapshot_freq = 2
   config.optim.warmup = 2
+  if config.optim.get("decay", "constant") != "constant":
+    config.optim.decay_steps = tr.num_steps - config.optim.warmup  # the decay's whole shape in 4 steps
   s = config.sampling
   s.num_samples = 8
   s.pc.num_steps = 4

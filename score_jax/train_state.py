@@ -93,22 +93,55 @@ def create_distill_state(params: Params, tx: optax.GradientTransformation, ema: 
                       extra_ema=tuple(copy() for _ in range(ema.num_averages - 1)), target_params=copy())
 
 
+LR_DECAYS = ("constant", "cosine", "inverse_sqrt")
+
+
 def create_learning_rate_schedule(optim: Mapping[str, Any]) -> optax.Schedule:
-  """Linear warmup from 0 over ``optim.warmup`` steps into the constant ``optim.lr``.
+  """Linear warmup from 0 over ``optim.warmup`` steps, then ``optim.decay`` of the peak ``optim.lr``.
+
+  * ``"constant"`` (score_sde, and the default): ``lr`` from the end of the warmup on;
+  * ``"cosine"``: a half cosine from ``lr`` at the end of the warmup to 0 at step
+    ``warmup + decay_steps``, 0 after it (``optax.warmup_cosine_decay_schedule``);
+  * ``"inverse_sqrt"``: EDM2's schedule (Karras et al., "Analyzing and Improving the Training
+    Dynamics of Diffusion Models", CVPR 2024, sec. 3 / eq. 16 of its appendix):
+    lr · min(t / warmup, 1) / √max(t / decay_steps, 1) — the warmup multiplies, and the rate
+    falls as 1/√t once t passes ``decay_steps`` (EDM2's t_ref).
 
   Args:
-    optim: mapping with ``lr`` (> 0) and ``warmup`` (≥ 0 steps).
+    optim: mapping with ``lr`` (> 0), ``warmup`` (≥ 0 steps) and optionally ``decay`` (default
+      "constant") with ``decay_steps`` (≥ 1) for the other two.
 
   Returns:
     An optax schedule step -> learning rate.
+
+  Raises:
+    ValueError: an unknown ``decay`` or a ``decay_steps`` below 1 where it is read.
   """
   lr, warmup = float(optim["lr"]), int(optim["warmup"])
-  if warmup <= 0:
-    return optax.constant_schedule(lr)
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, transition_steps=warmup), optax.constant_schedule(lr)],
-      boundaries=[warmup],
-  )
+  decay = optim.get("decay", "constant")
+  if decay not in LR_DECAYS:
+    raise ValueError(f"config.optim.decay={decay!r} is unknown; choose one of {list(LR_DECAYS)}.")
+  if decay == "constant":
+    if warmup <= 0:
+      return optax.constant_schedule(lr)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, transition_steps=warmup), optax.constant_schedule(lr)],
+        boundaries=[warmup],
+    )
+  decay_steps = optim.get("decay_steps", 0)
+  if not isinstance(decay_steps, int) or decay_steps < 1:
+    raise ValueError(f"config.optim.decay_steps={decay_steps!r}: decay={decay!r} needs an integer >= 1 "
+                     "(the cosine's length after the warmup, or inverse_sqrt's reference step t_ref).")
+  if decay == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup, decay_steps=warmup + decay_steps,
+                                              end_value=0.0)
+
+  def inverse_sqrt(step):
+    t = jnp.asarray(step, jnp.float32)
+    ramp = jnp.minimum(t / warmup, 1.0) if warmup > 0 else 1.0
+    return lr * ramp / jnp.sqrt(jnp.maximum(t / decay_steps, 1.0))
+
+  return inverse_sqrt
 
 
 def create_optimizer(optim: Mapping[str, Any]) -> optax.GradientTransformation:

@@ -102,6 +102,7 @@ def test_nonfinite_loss_stops_and_names_the_step(tmp_path):
     ("sampling.method", "bogus", "config.sampling"),
     ("model.parametrization", "eps", "config.model.parametrization"),
     ("model.conditioning", "log_time", "config.model.conditioning"),
+    ("optim.decay", "linear", "config.optim.decay"),
 ])
 def test_bad_config_values_name_the_field(tmp_path, field, value, message):
   config = _smoke_config()
@@ -110,6 +111,38 @@ def test_bad_config_values_name_the_field(tmp_path, field, value, message):
   with pytest.raises(train.ConfigError, match=message):
     train.run(config, str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad")  # failed before touching the workdir
+
+
+def test_a_decay_without_its_length_names_the_field(tmp_path):
+  config = _smoke_config()
+  config.optim.decay = "cosine"
+  with pytest.raises(train.ConfigError, match="config.optim.decay_steps"):
+    train.run(config, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad")
+
+
+def test_learning_rate_schedules_pinned_against_their_formulas():
+  from score_jax import train_state as ts_lib  # pylint: disable=g-import-not-at-top
+  lr, warmup, n = 1e-3, 100, 1000
+
+  def at(decay, steps):
+    schedule = ts_lib.create_learning_rate_schedule(dict(lr=lr, warmup=warmup, decay=decay, decay_steps=n))
+    return np.array([float(schedule(t)) for t in steps])
+
+  steps = [0, 50, 100, 350, 600, 1100, 1500, 4100]
+  ramp = np.minimum(np.array(steps) / warmup, 1.0)
+  np.testing.assert_allclose(at("constant", steps), lr * ramp, rtol=1e-6)
+  # Cosine: lr/2 (1 + cos(pi (t - warmup) / n)) after the warmup, 0 from warmup + n on.
+  after = np.clip((np.array(steps) - warmup) / n, 0.0, 1.0)
+  cosine = np.where(np.array(steps) < warmup, lr * ramp, 0.5 * lr * (1 + np.cos(np.pi * after)))
+  np.testing.assert_allclose(at("cosine", steps), cosine, rtol=1e-5, atol=1e-12)
+  assert at("cosine", [600])[0] == pytest.approx(lr / 2, rel=1e-5)
+  # EDM2's inverse square root: the warmup multiplies; 1/sqrt(t / t_ref) past t_ref = decay_steps.
+  inv = lr * ramp / np.sqrt(np.maximum(np.array(steps) / n, 1.0))
+  np.testing.assert_allclose(at("inverse_sqrt", steps), inv, rtol=1e-6)
+  assert at("inverse_sqrt", [4000])[0] == pytest.approx(lr / 2, rel=1e-6)
+  with pytest.raises(ValueError, match="decay_steps"):
+    ts_lib.create_learning_rate_schedule(dict(lr=lr, warmup=warmup, decay="cosine"))
 
 
 @pytest.mark.parametrize("shape", [(3, 2), (4, 5), (2, 3, 2)])

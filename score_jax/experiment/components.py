@@ -6,7 +6,7 @@ Every component gets plain arguments, never the ConfigDict:
     config.model     models.get_model(name, **config.model.network)         the network (its
                      image_size / num_channels / num_classes come from the data), plus its
                      parametrization, conditioning and EMA (``config.model.ema``)
-    config.optim     train_state.create_optimizer(config.optim)             clip -> Adam + warmup
+    config.optim     train_state.create_optimizer(config.optim)             clip -> Adam + warmup, decay
     config.training  losses.<loss>(**loss_options), batch size, steps, checkpoints, logging
     config.sampling  sampling.sample(method, **config.sampling[method])
 
@@ -190,6 +190,13 @@ def _validate_training(config: ConfigDict) -> None:
   op = config.optim
   check(isinstance(op.lr, (int, float)) and op.lr > 0, "config.optim.lr", f"must be > 0, got {op.lr!r}.")
   check(is_int(op.warmup) and op.warmup >= 0, "config.optim.warmup", f"must be an integer >= 0, got {op.warmup!r}.")
+  decay = op.get("decay", "constant")
+  check(decay in ts_lib.LR_DECAYS, "config.optim.decay", f"unknown decay {decay!r}; choose one of {list(ts_lib.LR_DECAYS)}.")
+  if decay != "constant":
+    steps = op.get("decay_steps", 0)
+    check(is_int(steps) and steps >= 1, "config.optim.decay_steps",
+          f"decay={decay!r} needs an integer >= 1 (the cosine's length after the warmup, or inverse_sqrt's "
+          f"reference step), got {steps!r}.")
   check(0.0 <= op.b1 < 1.0, "config.optim.b1", f"must lie in [0, 1), got {op.b1!r}.")
   check(0.0 <= op.b2 < 1.0, "config.optim.b2", f"must lie in [0, 1), got {op.b2!r}.")
   check(op.eps > 0, "config.optim.eps", f"must be > 0, got {op.eps!r}.")
