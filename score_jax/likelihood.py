@@ -67,13 +67,13 @@ import math
 import numbers
 from typing import Any, NamedTuple, Optional
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from score_jax.data.embedded import _check_data_range, to_data_range, to_unit_interval
 from score_jax.sampling.ode import SOLVERS as _ODE_SOLVERS
+from score_jax.sampling.ode import solver_class as _solver_class
 from score_jax.sde import SDE, ScoreFn
 
 Array = Any
@@ -208,7 +208,8 @@ def _solve(key: jax.Array, x: Array, first_index: Array, params: Any, *, sde: SD
     y, _ = state
     return _drift_and_divergence(sde, score_fn, y, t, args, weight)
 
-  solver_cls, nfe_per_step, nfe_start = _ODE_SOLVERS[config.solver]
+  import diffrax  # pylint: disable=g-import-not-at-top  (imported on the first solve, as in sampling.ode)
+  solver_cls, (_, nfe_per_step, nfe_start) = _solver_class(config.solver), _ODE_SOLVERS[config.solver]
   controller = diffrax.PIDController(rtol=config.rtol, atol=config.atol)
 
   def solve_one(x0, dirs):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
@@ -18,13 +17,21 @@ from score_jax.sde import SDE, ScoreFn
 
 Array = Any
 
-# Score evaluations per attempted step, and once at the start (first-same-as-last tableaux).
+# The diffrax solver class, score evaluations per attempted step, and once at the start
+# (first-same-as-last tableaux).  Classes by name: diffrax (with equinox, optimistix, lineax) is
+# imported on the first solve, not by every process that imports the samplers (0.6 s).
 SOLVERS = {
-    "tsit5": (diffrax.Tsit5, 6, 1),
-    "dopri5": (diffrax.Dopri5, 6, 1),
-    "heun": (diffrax.Heun, 2, 0),
-    "euler": (diffrax.Euler, 1, 0),
+    "tsit5": ("Tsit5", 6, 1),
+    "dopri5": ("Dopri5", 6, 1),
+    "heun": ("Heun", 2, 0),
+    "euler": ("Euler", 1, 0),
 }
+
+
+def solver_class(name: str):
+  """The diffrax solver class of ``SOLVERS[name]`` (imports diffrax)."""
+  import diffrax  # pylint: disable=g-import-not-at-top
+  return getattr(diffrax, SOLVERS[name][0])
 FIXED_STEP = ("heun", "euler")
 
 
@@ -53,7 +60,8 @@ def ode_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
     del args
     return drift(x, common.full_t(t, n))
 
-  solver_cls, nfe_per_step, nfe_start = SOLVERS[solver]
+  import diffrax  # pylint: disable=g-import-not-at-top
+  solver_cls, (_, nfe_per_step, nfe_start) = solver_class(solver), SOLVERS[solver]
   if constraint is not None:
     x = _fixed_steps_with_constraint(sde, vector_field, solver_cls(), x_T, keys, num_steps, shift, constraint)
     if denoise:
@@ -77,6 +85,7 @@ def ode_sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ..
 def _fixed_steps_with_constraint(sde: SDE, vector_field, solver, x: Array, keys: jax.Array, num_steps: int,
                                  shift: float, constraint: constraints.Replacement) -> Array:
   """``num_steps`` diffrax steps from T to eps, replacing the known coordinates after each."""
+  import diffrax  # pylint: disable=g-import-not-at-top
   n = x.shape[0]
   term = diffrax.ODETerm(vector_field)
   ts = common.time_grid(sde.T, sde.eps, num_steps, shift)
