@@ -168,7 +168,7 @@ def test_the_config_checker_catches_reads():
 
 
 # Imported where they are used, not by every process that imports the package: diffrax (with
-# equinox, optimistix and lineax) costs ~0.6 s of a training or sampling run's start.
+# equinox, optimistix and lineax) costs ~0.4 s of a training or sampling run's start.
 DEFERRED = ("diffrax",)
 
 
