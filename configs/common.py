@@ -46,6 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
   data.random_flip = True
   data.uniform_dequantization = False
   data.centered = False  # False: data in [0, 1]; True: in [-1, 1]
+  # kind "folder": a file that cannot be decoded stops the run before anything compiles, in one
+  # line naming it ("error"), or is left out and listed in <workdir>/data_skipped.txt ("skip");
+  # an image smaller than the crop is upscaled ("upscale") or refused ("error").
+  data.on_unreadable = "error"
+  data.small_images = "upscale"
   data.options = ml_collections.ConfigDict()  # dataset-specific options of pipeline.get_dataset
 
   # Model: models.get_model(name, **network); image_size / num_channels / num_classes come

@@ -54,6 +54,15 @@ def folder(path, **kw):
   return pipeline.get_dataset("folder", "afhq", path=path, **kw)
 
 
+def truncate_jpeg(file):
+  """Cuts a JPEG halfway through its entropy-coded data: the header (up to the start-of-scan marker) still decodes."""
+  with open(file, "rb") as f:
+    data = f.read()
+  scan = data.index(b"\xff\xda")
+  with open(file, "wb") as f:
+    f.write(data[:scan + (len(data) - scan) // 2])
+
+
 # --- folder source ------------------------------------------------------------------------
 def test_folder_labels_follow_sorted_class_folders(afhq_like):
   ds = folder(afhq_like)
@@ -113,8 +122,12 @@ def test_center_crop_then_antialiased_resize(tmp_path):
   assert np.abs(small - block_mean).mean() < 6
   cropped = folder(str(tmp_path), image_size=10, crop_size=10).images_at([0])[0][0]
   np.testing.assert_array_equal(cropped, centre[5:15, 5:15])  # crop_size: a smaller centred square
+  with pytest.raises(ValueError, match="^small_images: 1 images .* smaller than the 30-pixel crop: x.png \\(40×20\\)"):
+    folder(str(tmp_path), image_size=10, crop_size=30, small_images="error")
+  # "upscale" (the default): the largest centred square, the 20×20 centre
+  np.testing.assert_array_equal(folder(str(tmp_path), image_size=20, crop_size=30).images_at([0])[0][0], centre)
   with pytest.raises(ValueError, match="^crop_size: 30 exceeds the shorter side of a 40×20 image"):
-    folder(str(tmp_path), image_size=10, crop_size=30).images_at([0])
+    pipeline.center_crop_resize(Image.fromarray(image), 10, crop_size=30)
 
 
 def test_threads_and_cache_give_the_same_images(afhq_like):
@@ -411,3 +424,184 @@ def test_tfds_array_record_round_trip(tmp_path):
   with pytest.raises(FileNotFoundError) as e:
     pipeline.get_dataset("tfds", "cifar10", path=str(tmp_path))
   assert "--file_format=array_record" in one_line(e, f"path: cifar10 is not prepared in {tmp_path}")
+
+
+# --- a user's own folder: broken files, image modes, small images -------------------------
+def _broken_folder(root, n_good=6):
+  """n_good PNGs, a zero-byte .jpg, a text file named .png and a JPEG cut after its header (in that listing order)."""
+  for i in range(n_good):
+    save(gradient_image(20, 20, seed=i), f"{root}/img{i:02d}.png")
+  open(f"{root}/img90_empty.jpg", "wb").close()
+  with open(f"{root}/img91_text.png", "w") as f:
+    f.write("not an image\n")
+  Image.fromarray(gradient_image(20, 20, seed=99)).save(f"{root}/img92_truncated.jpg", quality=95)
+  truncate_jpeg(f"{root}/img92_truncated.jpg")
+  return str(root)
+
+
+def test_unreadable_files_are_one_line_naming_them(tmp_path):
+  root = _broken_folder(tmp_path / "own")
+  with pytest.raises(pipeline.UnreadableImageError) as e:
+    folder(root)
+  message = str(e.value)
+  assert "\n" not in message and message.startswith("on_unreadable: 2 of 9 files")
+  assert "img90_empty.jpg" in message and "img91_text.png" in message and "on_unreadable='skip'" in message
+  assert "img92_truncated.jpg" not in message  # its header decodes: found at its first read
+
+
+def test_skip_leaves_them_out_lists_them_and_a_resume_reuses_the_scan(tmp_path):
+  root = _broken_folder(tmp_path / "own")
+  workdir = str(tmp_path / "run")
+  ds = folder(root, on_unreadable="skip", index_dir=workdir)
+  assert len(ds) == 7 and (ds.scan.scanned, ds.scan.reused) == (9, 0)
+  with open(os.path.join(workdir, pipeline.SKIPPED_FILE)) as f:
+    listed = [line.split("\t")[0] for line in f.read().splitlines()]
+  assert [os.path.basename(p) for p in listed] == ["img90_empty.jpg", "img91_text.png"]
+  again = folder(root, on_unreadable="skip", index_dir=workdir)  # a resumed run: nothing re-read
+  assert (again.scan.scanned, again.scan.reused) == (0, 9) and again.files == ds.files
+  save(gradient_image(20, 20, seed=7), f"{root}/img03.png")  # one file changed: only it is read
+  os.utime(f"{root}/img03.png", ns=(1, 1))
+  assert folder(root, on_unreadable="skip", index_dir=workdir).scan.scanned == 1
+  assert folder(root, on_unreadable="skip").scan.scanned == 9  # no index_dir, no cache
+
+
+def test_a_file_that_fails_at_its_first_read_follows_the_policy(tmp_path):
+  root = _broken_folder(tmp_path / "own")
+  os.remove(f"{root}/img90_empty.jpg")
+  os.remove(f"{root}/img91_text.png")
+  strict = folder(root)
+  assert len(strict) == 7
+  strict.images_at([0, 1])  # readable files read as usual
+  with pytest.raises(pipeline.UnreadableImageError) as e:
+    strict.images_at([5, 6])
+  assert "\n" not in str(e.value) and str(e.value).startswith("on_unreadable: ") and "img92_truncated.jpg" in str(e.value)
+  workdir = str(tmp_path / "run")
+  lenient = folder(root, on_unreadable="skip", index_dir=workdir, num_threads=4)
+  images, labels = lenient.images_at([6, 5, 6])
+  first, _ = folder(root).images_at([0])  # the file after the last wraps to the first
+  np.testing.assert_array_equal(images[0], first[0])
+  np.testing.assert_array_equal(images[2], first[0])
+  np.testing.assert_array_equal(images[1], folder(root).images_at([5])[0][0])
+  with open(os.path.join(workdir, pipeline.SKIPPED_FILE)) as f:
+    assert [os.path.basename(line.split("\t")[0]) for line in f.read().splitlines()] == ["img92_truncated.jpg"]
+  # the batches of a step are the same in a fresh process (a resumed run) as in this one
+  again = folder(root, on_unreadable="skip", index_dir=workdir)
+  for step in range(3):
+    a = lenient.batch_at(step, global_batch_size=4, seed=1)
+    b = again.batch_at(step, global_batch_size=4, seed=1)
+    np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def _png16(array):
+  """A 16-bit PNG written by hand (Pillow writes 16-bit grey only): array uint16 [H, W] or [H, W, 3]."""
+  import zlib  # pylint: disable=g-import-not-at-top
+  h, w = array.shape[:2]
+  color = 2 if array.ndim == 3 else 0
+  raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color, 0, 0, 0)) +
+          chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _palette():
+  image = Image.new("P", (8, 8), 1)
+  image.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+  image.info["transparency"] = 1
+  return image
+
+
+# (name, how the file is written, channels, the pixel every loaded value must equal)
+MODES = [
+    ("grey", lambda f: Image.new("L", (8, 8), 77).save(f + ".png"), 3, (77, 77, 77)),
+    ("bilevel", lambda f: Image.new("1", (8, 8), 1).save(f + ".png"), 3, (255, 255, 255)),
+    ("palette_with_transparency", lambda f: _palette().save(f + ".png"), 3, (200, 100, 50)),
+    ("rgba_alpha_dropped", lambda f: Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(f + ".png"), 3, (10, 20, 30)),
+    ("grey_alpha", lambda f: Image.new("LA", (8, 8), (90, 5)).save(f + ".png"), 3, (90, 90, 90)),
+    ("grey_16_bit", lambda f: Image.fromarray(np.full((8, 8), 0x8AFF, np.uint16)).save(f + ".png"), 3, (0x8A,) * 3),
+    ("rgb_16_bit", lambda f: open(f + ".png", "wb").write(_png16(np.full((8, 8, 3), [65535, 0x80FF, 256], np.uint16))),
+     3, (255, 0x80, 1)),
+    ("cmyk_jpeg", lambda f: Image.new("CMYK", (8, 8), (10, 20, 30, 40)).save(f + ".jpg", quality=100), 3,
+     (round(245 * 215 / 255), round(235 * 215 / 255), round(225 * 215 / 255))),
+    ("rgb_into_grey", lambda f: Image.new("RGB", (8, 8), (100, 150, 200)).save(f + ".png"), 1,
+     (round(0.299 * 100 + 0.587 * 150 + 0.114 * 200),)),
+    ("grey_16_bit_into_grey", lambda f: Image.fromarray(np.full((8, 8), 0x1234, np.uint16)).save(f + ".png"), 1,
+     (0x12,)),
+]
+
+
+@pytest.mark.parametrize("name,write,channels,pixel", MODES, ids=[m[0] for m in MODES])
+def test_each_image_mode_loads_by_its_rule(tmp_path, name, write, channels, pixel):
+  os.makedirs(tmp_path / "f")
+  write(str(tmp_path / "f" / name))
+  images, _ = folder(str(tmp_path / "f"), image_size=4, channels=channels).images_at([0])
+  assert images.shape == (1, 4, 4, channels) and images.dtype == np.uint8
+  # JPEG's chroma rounding moves a flat colour by at most one level
+  tol = 1 if name.endswith("jpeg") else 0
+  np.testing.assert_allclose(images.reshape(-1, channels).astype(int), np.broadcast_to(pixel, (16, channels)), atol=tol)
+
+
+def test_small_images_are_upscaled_or_refused_in_one_line(tmp_path):
+  save(gradient_image(30, 40, seed=0), f"{tmp_path}/f/big.png")
+  save(gradient_image(10, 6, seed=1), f"{tmp_path}/f/small.png")
+  with pytest.raises(ValueError) as e:
+    folder(f"{tmp_path}/f", image_size=8, small_images="error")
+  assert "\n" not in str(e.value) and str(e.value).startswith("small_images: 1 images") and "small.png (10×6)" in str(e.value)
+  with pytest.raises(ValueError, match=r"^small_images: 2 images .* 32-pixel crop"):
+    folder(f"{tmp_path}/f", image_size=8, crop_size=32, small_images="error")
+  images, _ = folder(f"{tmp_path}/f", image_size=8, crop_size=32).images_at([0, 1])  # upscaled: the largest centred square
+  expected = pipeline.to_uint8_array(pipeline.center_crop_resize(Image.open(f"{tmp_path}/f/small.png"), 8), 3)
+  np.testing.assert_array_equal(images[1], expected)
+  with pytest.raises(ValueError, match=r"^on_unreadable: 'skip' applies to kind 'folder'"):
+    pipeline.get_dataset("embedded", "digits", on_unreadable="skip")
+
+
+def test_training_on_a_folder_with_broken_files_stops_in_one_line_or_skips_them(tmp_path):
+  """Through ``--mode=train``: "error" stops before anything compiles; "skip" trains and lists the
+  files; a JPEG that breaks after a checkpoint stops the resumed run in one line (checkpoint intact)
+  or is read around."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from run_main import saved_state  # pylint: disable=g-import-not-at-top
+  from score_jax.modes import train  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs.ve import afhq_512  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / "own")
+  for i in range(7):
+    save(gradient_image(24, 20, seed=i), f"{root}/img{i:02d}.jpg")
+  open(f"{root}/img90_empty.jpg", "wb").close()
+  with open(f"{root}/img91_text.png", "w") as f:
+    f.write("not an image\n")
+
+  def config(num_steps, on_unreadable):
+    c = afhq_512.get_config("smoke")
+    c.data.kind, c.data.name, c.data.path, c.data.image_size = "folder", "own", root, 16
+    c.data.options = ml_collections.ConfigDict()
+    c.data.on_unreadable = on_unreadable
+    c.training.num_steps = num_steps
+    return c
+
+  workdir = str(tmp_path / "run")
+  with pytest.raises(train.ConfigError) as e:
+    train.run(config(2, "error"), workdir)
+  assert str(e.value).startswith("config.data.on_unreadable: 2 of 9 files") and "\n" not in str(e.value)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # stopped before anything ran
+  train.run(config(2, "skip"), workdir)
+  with open(os.path.join(workdir, pipeline.SKIPPED_FILE)) as f:
+    assert len(f.read().splitlines()) == 2
+  before = saved_state(workdir, 2)
+  truncate_jpeg(f"{root}/img03.jpg")  # breaks after the checkpoint; its header still decodes
+  os.remove(f"{root}/img90_empty.jpg")  # the user removes the two that the scan named
+  os.remove(f"{root}/img91_text.png")
+  with pytest.raises(train.ConfigError) as e:
+    train.run(config(4, "error"), workdir)
+  assert str(e.value).startswith("config.data.on_unreadable: ") and "img03.jpg passed the header check" in str(e.value)
+  assert "\n" not in str(e.value)
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.tree.map(np.testing.assert_array_equal, saved_state(workdir, 2), before)  # the checkpoint is intact
+  os.remove(os.path.join(workdir, "config_step2.json"))  # the stopped run's config; the relaunch changes a field
+  result = train.run(config(4, "skip"), workdir)
+  assert result.start_step == 2 and int(result.state.step) == 4
+  with open(os.path.join(workdir, pipeline.SKIPPED_FILE)) as f:
+    assert [os.path.basename(line.split("\t")[0]) for line in f.read().splitlines()] == ["img03.jpg"]

@@ -39,8 +39,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import functools
 import glob
+import hashlib
+import json
+import logging
 import math
 import os
 import re
@@ -55,6 +59,12 @@ from score_jax.data import embedded
 from score_jax.data.embedded import DatasetInfo, IndexedDataset
 
 KINDS = ("embedded", "folder", "tfds", "tfrecords")
+# What a folder dataset does with a file it cannot decode (``on_unreadable``) and with an image
+# whose shorter side is below the crop (``small_images``); see ``FolderDataset``.
+ON_UNREADABLE = ("error", "skip")
+SMALL_IMAGES = ("upscale", "error")
+SKIPPED_FILE = "data_skipped.txt"  # <index_dir>/data_skipped.txt: the files a "skip" run leaves out
+INDEX_DIR = "data_index"  # <index_dir>/data_index/<root hash>.json: the cached header scan
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LEVELS = 256  # every file-backed kind stores uint8 pixels
 
@@ -126,35 +136,184 @@ def center_crop_resize(image: Image.Image, size: int, *, crop_size: Optional[int
   return square.resize((size, size), resample=embedded.RESIZE_METHODS[method])
 
 
-def to_uint8_array(image: Image.Image, channels: int) -> np.ndarray:
-  """A Pillow image as uint8 [H, W, C]: "L" for one channel, "RGB" for three (alpha dropped)."""
+def convert_mode(image: Image.Image, channels: int) -> Image.Image:
+  """A Pillow image of any mode as mode "L" (``channels`` = 1) or "RGB" (3).
+
+  The rules, one per kind of file a photo folder holds:
+
+  * 16-bit samples (grey PNGs open as mode "I;16" or "I") keep their high byte, v >> 8, as
+    Pillow itself reduces 16-bit RGB PNGs (its own "I" → "L" conversion would clip at 255);
+  * alpha (RGBA, LA, PA, a palette's transparency) is dropped and the stored colours kept, as
+    torchvision's image loader and ``tf.io.decode_png(channels=3)`` do;
+  * palette images take their palette's colours; bilevel images become 0 / 255;
+  * CMYK (print JPEGs) uses Pillow's rule R = (255 − C)(255 − K) / 255, likewise G and B, with no
+    ICC profile applied;
+  * grey becomes RGB by repeating it; RGB becomes grey by ITU-R 601-2 luma,
+    L = 0.299 R + 0.587 G + 0.114 B (Pillow's "L").
+  """
+  if image.mode.startswith("I;16") or image.mode == "I":
+    high = np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8
+    image = Image.fromarray(high.astype(np.uint8), "L")
+  elif image.mode in ("PA", "P"):
+    image = image.convert("RGBA")  # the palette's colours (and its transparency, dropped below)
   mode = "L" if channels == 1 else "RGB"
-  if image.mode != mode:
-    image = image.convert(mode)
-  array = np.asarray(image, np.uint8)
+  return image if image.mode == mode else image.convert(mode)
+
+
+def to_uint8_array(image: Image.Image, channels: int) -> np.ndarray:
+  """A Pillow image of any mode as uint8 [H, W, C], C = ``channels`` (``convert_mode``'s rules)."""
+  array = np.asarray(convert_mode(image, channels), np.uint8)
   return array[..., None] if channels == 1 else array  # [H, W, C]
+
+
+class UnreadableImageError(ValueError):
+  """A file cannot be decoded as an image; the message is one line naming it (``file``, ``reason``)."""
+
+  def __init__(self, message: str, file: str = "", reason: str = ""):
+    super().__init__(message)
+    self.file, self.reason = file, reason
+
+
+def _reason(error: BaseException, file: str = "") -> str:
+  """One short line saying why Pillow could not read ``file`` (its name, which Pillow repeats, left out)."""
+  text = str(error).replace(f" {file!r}", "").replace(f" '{file}'", "") if file else str(error)
+  text = " ".join(text.split()) or type(error).__name__
+  return text if len(text) <= 120 else text[:117] + "..."
 
 
 def load_image(file: str, *, size: int, channels: int = 3, crop_size: Optional[int] = None,
                method: str = "bilinear") -> np.ndarray:
-  """Decodes an image file, converts it to L/RGB, centre-crops and resizes it.
+  """Decodes an image file, converts it (``to_uint8_array``'s rules), centre-crops and resizes it.
 
   Args:
     file: path of a PNG, JPEG, BMP or WebP file.
     size: output height and width.
     channels: 1 (grey) or 3 (RGB).
-    crop_size: side of the centred square cut before resizing; None for the shorter side.
+    crop_size: side of the centred square cut before resizing; None for the shorter side.  An
+      image whose shorter side is below it gives its shorter side's square (then upscaled).
     method: Pillow resampling, a key of ``embedded.RESIZE_METHODS``.
 
   Returns:
     uint8 [size, size, channels].
+
+  Raises:
+    UnreadableImageError: the file is not an image Pillow can decode (empty, truncated, not an
+      image); the message names the file and the reason.
   """
   try:
     with Image.open(file) as image:
-      image = image.convert("L" if channels == 1 else "RGB")
-  except OSError as e:
-    raise OSError(f"path: cannot decode image {file}: {e}") from e
-  return to_uint8_array(center_crop_resize(image, size, crop_size=crop_size, method=method), channels)
+      image.load()
+      image = convert_mode(image, channels)
+  except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ... pylint: disable=broad-except
+    raise UnreadableImageError(f"{file}: {_reason(e, file)}", file, _reason(e, file)) from e
+  side = None if crop_size is None else min(crop_size, *image.size)
+  return to_uint8_array(center_crop_resize(image, size, crop_size=side, method=method), channels)
+
+
+# --- checking a folder's files ------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FolderScan:
+  """What ``scan_files`` found.
+
+  Attributes:
+    sizes: {file: (width, height)} of every file whose header decodes.
+    unreadable: ((file, reason), ...) of the files whose header does not, in listing order.
+    scanned: headers read by this scan.
+    reused: files taken from the cached index (same size and modification time as when scanned).
+  """
+
+  sizes: Mapping[str, tuple[int, int]]
+  unreadable: tuple[tuple[str, str], ...]
+  scanned: int
+  reused: int
+
+
+def index_path(index_dir: str, root: str) -> str:
+  """Where the header scan of the folder ``root`` is cached: <index_dir>/data_index/<hash of root>.json."""
+  key = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:16]
+  return os.path.join(index_dir, INDEX_DIR, f"{key}.json")
+
+
+def _read_index(path: str, root: str) -> dict[str, list]:
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+    if stored.get("version") == 1 and stored.get("root") == os.path.abspath(root):
+      return dict(stored["files"])
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    pass  # missing or damaged: rebuilt by this scan
+  return {}
+
+
+def _write_atomic(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def scan_files(files: Sequence[str], root: str, *, num_threads: int = 8, index_dir: Optional[str] = None,
+               write_index: bool = True) -> FolderScan:
+  """Reads the header of every file, in ``num_threads`` threads (Pillow decodes no pixels).
+
+  Args:
+    files: paths under ``root``.
+    root: the folder they were listed from (the index stores paths relative to it).
+    num_threads: header-reading threads.
+    index_dir: where the index is cached (a run's workdir); a file whose size and modification
+      time match its entry is not opened again.  None: no cache.
+    write_index: write the updated index (one process of a multi-process run does).
+
+  Returns:
+    A ``FolderScan``.
+  """
+  path = index_path(index_dir, root) if index_dir else None
+  cached = _read_index(path, root) if path else {}
+  entries: dict[str, list] = {}
+  todo: list[tuple[str, str, list[int]]] = []
+  for file in files:
+    rel = os.path.relpath(file, root)
+    try:
+      st = os.stat(file)
+    except OSError as e:  # e.g. a dangling symbolic link
+      entries[rel] = [0, 0, None, _reason(e)]
+      continue
+    key = [st.st_size, st.st_mtime_ns]
+    if rel in cached and list(cached[rel][:2]) == key:
+      entries[rel] = cached[rel]
+    else:
+      todo.append((rel, file, key))
+
+  def probe(item: tuple[str, str, list[int]]) -> tuple[str, list]:
+    rel, file, key = item
+    try:
+      with Image.open(file) as image:
+        return rel, key + [list(image.size), None]
+    except Exception as e:  # pylint: disable=broad-except
+      return rel, key + [None, _reason(e, file)]
+
+  if todo:
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(num_threads, len(todo)))) as pool:
+      entries.update(pool.map(probe, todo))
+  if path and write_index and (todo or set(cached) != set(entries)):
+    try:
+      _write_atomic(path, json.dumps({"version": 1, "root": os.path.abspath(root), "files": entries}))
+    except OSError as e:  # a read-only workdir: the scan still holds, it is just not cached
+      logging.warning("Could not cache the image index in %s: %s", path, e)
+  sizes, unreadable = {}, []
+  for file in files:
+    _, _, size, reason = entries[os.path.relpath(file, root)]
+    if size is None:
+      unreadable.append((file, reason))
+    else:
+      sizes[file] = tuple(size)
+  return FolderScan(sizes=sizes, unreadable=tuple(unreadable), scanned=len(todo), reused=len(files) - len(todo))
+
+
+def _some_files(items: Sequence[tuple[str, str]], root: str, at_most: int = 3) -> str:
+  shown = "; ".join(f"{os.path.relpath(f, root)} ({why})" for f, why in items[:at_most])
+  return shown + (f"; and {len(items) - at_most} more" if len(items) > at_most else "")
 
 
 # --- folder -------------------------------------------------------------------------------
@@ -224,25 +383,74 @@ class _FileDataset(IndexedDataset):
 
 
 class FolderDataset(_FileDataset):
-  """Images in a local folder, listed once and decoded per batch (see ``get_dataset``)."""
+  """Images in a local folder, listed and checked once, decoded per batch (see ``get_dataset``).
+
+  Before anything is read for training, every file's header is decoded (``scan_files``; cached
+  in ``index_dir`` so a resumed run does not re-scan an unchanged folder).  A file that fails
+  is refused in one line (``on_unreadable="error"``) or left out (``"skip"``: the dataset is
+  the readable files, listed with their reasons in ``<index_dir>/data_skipped.txt``).  A file
+  whose header decodes but whose pixels do not (a truncated JPEG) surfaces at its first read:
+  "error" raises ``UnreadableImageError``; "skip" reads the next readable file of the listing
+  in its place — the same one in every run, so batches stay a function of (seed, step) — and
+  adds it to the list.  An image whose shorter side is below the crop (``crop_size``, else
+  ``image_size``) is upscaled from its largest centred square (``small_images="upscale"``) or
+  refused (``"error"``).
+  """
 
   def __init__(self, name: str, split: str, path: str, *, image_size: int, random_flip: bool,
                uniform_dequantization: bool, data_range: tuple[float, float], resize_method: str = "bilinear",
                crop_size: Optional[int] = None, channels: int = 3, class_folders: Optional[bool] = None,
-               num_threads: int = 8, cache_size: int = 0):
+               num_threads: int = 8, cache_size: int = 0, on_unreadable: str = "error",
+               small_images: str = "upscale", index_dir: Optional[str] = None, write_index: bool = True):
     self.name, self.split, self.path = name, split, path
     self.image_size, self.resize_method, self.crop_size, self.channels = image_size, resize_method, crop_size, channels
     self.random_flip, self.uniform_dequantization, self.data_range = random_flip, uniform_dequantization, data_range
     self.levels = LEVELS
     self.num_threads, self.cache_size = num_threads, cache_size
+    self.on_unreadable, self.small_images = on_unreadable, small_images
     self.root = self._split_root(name, split, path)
-    self.files, self.labels, self.class_names = list_image_folder(self.root, class_folders)
-    if not self.files:
+    listed, labels, self.class_names = list_image_folder(self.root, class_folders)
+    if not listed:
       raise FileNotFoundError(f"path: no images in {self.root} (looked for <class>/*.{{png,jpg,jpeg}} and "
                               f"*.{{png,jpg,jpeg}}); {_folder_hint(name)}.")
+    self.scan = scan_files(listed, self.root, num_threads=num_threads, index_dir=index_dir, write_index=write_index)
+    bad = self.scan.unreadable
+    if bad and on_unreadable == "error":
+      raise UnreadableImageError(
+          f"on_unreadable: {len(bad)} of {len(listed)} files in {self.root} cannot be read as images: "
+          f"{_some_files(bad, self.root)}. Repair or remove them, or set on_unreadable='skip' to leave them "
+          "out (they are then listed in <workdir>/data_skipped.txt).")
+    need = crop_size or image_size
+    small = [(f, "{}×{}".format(*wh)) for f, wh in self.scan.sizes.items() if min(wh) < need]
+    if small and small_images == "error":
+      raise ValueError(f"small_images: {len(small)} images in {self.root} are smaller than the {need}-pixel "
+                       f"{'crop' if crop_size else 'image size'}: {_some_files(small, self.root)}. Remove them, or "
+                       "set small_images='upscale' to enlarge their largest centred square.")
+    keep = [i for i, f in enumerate(listed) if f in self.scan.sizes]
+    if not keep:
+      raise FileNotFoundError(f"path: none of the {len(listed)} image files in {self.root} can be read "
+                              f"({_some_files(bad, self.root)}).")
+    self.files, self.labels = [listed[i] for i in keep], labels[keep]
     self.labels.flags.writeable = False
+    logging.info("%s: %d images in %s (%d headers read, %d from the index of an earlier scan)%s.", name,
+                 len(self.files), self.root, self.scan.scanned, self.scan.reused,
+                 f"; {len(small)} smaller than {need} px, upscaled" if small else "")
+    self._skipped = list(bad)  # (file, reason): left out at the scan, then those found at a read
+    self._bad: set[int] = set()
+    self.skipped_path = None
+    if index_dir and write_index:
+      self.skipped_path = os.path.join(index_dir, SKIPPED_FILE if split == "train" else f"data_skipped_{split}.txt")
+    if bad:
+      logging.warning("%s: %d of %d files in %s cannot be read as images and are left out (on_unreadable='skip')%s: %s",
+                      name, len(bad), len(listed), self.root,
+                      f", listed in {self.skipped_path}" if self.skipped_path else "", _some_files(bad, self.root))
+    if self.skipped_path and (bad or os.path.exists(self.skipped_path)):
+      self._write_skipped()
     self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     self._lock = threading.Lock()
+
+  def _write_skipped(self) -> None:
+    _write_atomic(self.skipped_path, "".join(f"{f}\t{why}\n" for f, why in self._skipped))
 
   @staticmethod
   def _split_root(name: str, split: str, path: str) -> str:
@@ -280,17 +488,42 @@ class FolderDataset(_FileDataset):
           self._cache.popitem(last=False)
     return image
 
+  def _read(self, index: int) -> tuple[int, np.ndarray]:
+    """(the index read, its image): ``index``, or under "skip" the next readable one after it."""
+    n = len(self.files)
+    for k in range(n):
+      i = (index + k) % n
+      if i in self._bad:
+        continue
+      try:
+        return i, self._load(i)
+      except UnreadableImageError as e:
+        if self.on_unreadable == "error":
+          raise UnreadableImageError(
+              f"on_unreadable: {e.file} passed the header check but its pixels cannot be decoded ({e.reason}). "
+              "Repair or remove it, or set on_unreadable='skip' to read the next file in its place.", e.file,
+              e.reason) from None
+        with self._lock:
+          if i not in self._bad:
+            self._bad.add(i)
+            self._skipped.append((e.file, e.reason))
+            logging.warning("%s: %s cannot be decoded (%s); the next readable file is read in its place "
+                            "(on_unreadable='skip').", self.name, e.file, e.reason)
+            if self.skipped_path:
+              self._write_skipped()
+    raise UnreadableImageError(f"on_unreadable: none of the {n} files in {self.root} can be decoded.")
+
   def images_at(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
     """Decodes the images ``indices`` (in a thread pool): (uint8 [n, S, S, C], int32 [n] labels)."""
     indices = np.asarray(indices, np.int64).reshape(-1)
     order = indices.tolist()
     if self.num_threads > 1 and len(order) > 1:
       with concurrent.futures.ThreadPoolExecutor(min(self.num_threads, len(order))) as pool:
-        images = list(pool.map(self._load, order))
+        read = list(pool.map(self._read, order))
     else:
-      images = [self._load(i) for i in order]
-    out = np.stack(images) if images else np.zeros((0, *self.info.shape), np.uint8)
-    return out, self.labels[indices]
+      read = [self._read(i) for i in order]
+    out = np.stack([image for _, image in read]) if read else np.zeros((0, *self.info.shape), np.uint8)
+    return out, self.labels[np.asarray([i for i, _ in read], np.int64)]
 
 
 # --- TFRecords without TensorFlow ---------------------------------------------------------
@@ -655,7 +888,8 @@ def _check_options(kind: str, options: Mapping[str, Any], known: Mapping[str, An
 def get_dataset(kind: str, name: str, *, split: str = "train", path: Optional[str] = None,
                 image_size: Optional[int] = None, random_flip: Optional[bool] = None,
                 uniform_dequantization: bool = False, data_range: Sequence[float] = (0.0, 1.0),
-                **options: Any) -> IndexedDataset:
+                on_unreadable: str = "error", small_images: str = "upscale", index_dir: Optional[str] = None,
+                write_index: bool = True, **options: Any) -> IndexedDataset:
   """A training dataset of one of ``KINDS``, validated, with the ``IndexedDataset`` interface.
 
   Every result has ``.info`` (``DatasetInfo``), ``.levels``, ``.data_range``, ``len()``,
@@ -679,6 +913,14 @@ def get_dataset(kind: str, name: str, *, split: str = "train", path: Optional[st
       dataset; every other kind: on, as in score_sde).
     uniform_dequantization: (k + u) / levels instead of k / (levels − 1).
     data_range: (lo, hi) that [0, 1] is mapped onto; (−1, 1) is score_sde's "centered".
+    on_unreadable: folder: "error" (a file that cannot be decoded stops the run in one line
+      naming it) or "skip" (left out and listed in <index_dir>/data_skipped.txt); see
+      ``FolderDataset``.  Other kinds: "error" only.
+    small_images: folder: "upscale" (an image smaller than the crop is enlarged) or "error".
+      Other kinds: "upscale" only.
+    index_dir: folder: where the header scan is cached and data_skipped.txt written (the run's
+      workdir); None: no cache, no list.
+    write_index: folder: write those files (False on all but one process of a run).
     **options: per kind.  embedded: resize_method and the dataset's own (``embedded.get_dataset``).
       folder: resize_method ("bilinear"), crop_size (None: the shorter side; CelebA in
       score_sde: 140), channels (3, or 1 for grey), class_folders (None: auto; False for
@@ -700,6 +942,15 @@ def get_dataset(kind: str, name: str, *, split: str = "train", path: Optional[st
     raise ValueError(f"kind: unknown {kind!r}; choose one of {list(KINDS)}.")
   _check_option(isinstance(name, str) and bool(name), "name", f"must be a non-empty string, got {name!r}.")
   _check_option(isinstance(split, str) and bool(split), "split", f"must be a non-empty string, got {split!r}.")
+  _check_option(on_unreadable in ON_UNREADABLE, "on_unreadable",
+                f"unknown {on_unreadable!r}; choose one of {list(ON_UNREADABLE)}.")
+  _check_option(small_images in SMALL_IMAGES, "small_images",
+                f"unknown {small_images!r}; choose one of {list(SMALL_IMAGES)}.")
+  if kind != "folder":
+    _check_option(on_unreadable == "error", "on_unreadable",
+                  f"{on_unreadable!r} applies to kind 'folder', whose files are decoded here; kind {kind!r} takes 'error'.")
+    _check_option(small_images == "upscale", "small_images",
+                  f"{small_images!r} applies to kind 'folder'; kind {kind!r} takes 'upscale'.")
   if kind == "embedded":
     _check_option(not path, "path", f"kind 'embedded' reads no files; leave it unset, got {path!r}.")
     return embedded.get_dataset(name, split=split, image_size=image_size, random_flip=random_flip,
@@ -718,7 +969,8 @@ def get_dataset(kind: str, name: str, *, split: str = "train", path: Optional[st
     _check_option(split in FOLDER_SPLIT_DIRS, "split", f"kind 'folder' has 'train' and 'test', got {split!r}.")
     _check_option(image_size is not None, "image_size",
                   "kind 'folder' needs it: each image is centre-cropped and resized to image_size × image_size.")
-    return FolderDataset(name, split, path, image_size=image_size, **common, **opts)
+    return FolderDataset(name, split, path, image_size=image_size, on_unreadable=on_unreadable,
+                         small_images=small_images, index_dir=index_dir, write_index=write_index, **common, **opts)
   if kind == "tfds":
     opts = _check_options(kind, options, TFDS_OPTIONS)
     return TfdsDataset(name, split, path, image_size=image_size, **common, **opts)

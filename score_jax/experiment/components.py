@@ -337,7 +337,7 @@ def _network_fields(config: ConfigDict, data: Data) -> dict[str, Any]:
   return fields
 
 
-def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Setup:
+def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None, workdir: Optional[str] = None) -> Setup:
   """Validates ``config`` and builds the SDE, data, network, optimizer, loss and sampler options.
 
   Nothing is compiled; the train step and the sampler are traced abstractly
@@ -346,6 +346,7 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
   Args:
     config: the full config (sections sde, data, model, optim, training, sampling, seed).
     mesh: the device mesh; default ``sharding.make_mesh()`` over all devices.
+    workdir: the run's folder, where an image folder's header scan is cached (``build_data``).
 
   Returns:
     The components.
@@ -364,7 +365,7 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None) -> Se
         f"{accum} micro-batches on {mesh.size} device(s) need config.training.batch_size "
         f"({config.training.batch_size}) to be a multiple of grad_accum × devices = {accum * mesh.size}.")
   sde = build_sde(config)
-  data = build_data(config)
+  data = build_data(config, workdir)
   fields = _network_fields(config, data)
   with config_field("config.model"):
     model = models.get_model(config.model.name, **fields)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import jax
 
@@ -94,8 +94,12 @@ def _data_range(centered: Any) -> tuple[float, float]:
   return (-1.0, 1.0) if centered else (0.0, 1.0)
 
 
-def build_data(config: ConfigDict) -> Data:
-  """The data of ``config.data`` (nothing is read from disk beyond listing files)."""
+def build_data(config: ConfigDict, workdir: Optional[str] = None) -> Data:
+  """The data of ``config.data``: files are listed and their headers checked, no pixel is decoded.
+
+  ``workdir``: the run's folder, where a folder dataset caches its header scan and lists the
+  files it leaves out (``config.data.on_unreadable="skip"``); None caches nothing.
+  """
   d = config.data
   check(d.kind in DATA_KINDS, "config.data.kind", f"unknown data kind {d.kind!r}; choose one of {list(DATA_KINDS)}.")
   if d.kind == "toy":
@@ -112,7 +116,9 @@ def build_data(config: ConfigDict) -> Data:
     with config_field("config.data.", sep=""):
       return pipeline.get_dataset(d.kind, d.name, split=split, path=d.path or None, image_size=image_size,
                                   random_flip=d.random_flip, uniform_dequantization=d.uniform_dequantization,
-                                  data_range=_data_range(d.centered), **as_dict(d.get("options")))
+                                  data_range=_data_range(d.centered), on_unreadable=d.get("on_unreadable", "error"),
+                                  small_images=d.get("small_images", "upscale"), index_dir=workdir,
+                                  write_index=jax.process_index() == 0, **as_dict(d.get("options")))
 
   return ImageData(name=d.name, train=build_split(d.split), eval_split=d.eval_split,
                    build_split=functools.lru_cache(maxsize=2)(build_split))
@@ -124,9 +130,9 @@ def build_sde(config: ConfigDict) -> sde_lib.SDE:
     return sde_lib.get_sde(config.sde.name, **as_dict(config.sde.get(config.sde.name)))
 
 
-def build_image_data(config: ConfigDict, what: str) -> ImageData:
+def build_image_data(config: ConfigDict, what: str, workdir: Optional[str] = None) -> ImageData:
   """``build_data`` for a mode that needs images (``what`` names it in the error on toy data)."""
-  data = build_data(config)
+  data = build_data(config, workdir)
   check(isinstance(data, ImageData), "config.data.kind",
         f"{what} needs image data; toy targets (kind 'toy') have no images.")
   return data

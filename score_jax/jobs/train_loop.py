@@ -27,6 +27,7 @@ from score_jax import ema as ema_lib
 from score_jax import experiment
 from score_jax import sharding as sharding_lib
 from score_jax import train_state as ts_lib
+from score_jax.data import pipeline
 from score_jax.jobs import writers
 
 Array = Any
@@ -59,8 +60,11 @@ class BatchFeeder:
     self._ahead: dict[int, concurrent.futures.Future] = {}
 
   def _host_batch(self, step: int) -> dict[str, jax.Array]:
-    local = self._setup.data.train.batch_at(step, global_batch_size=self._setup.batch_size, seed=self._setup.seed,
-                                            process_index=jax.process_index(), process_count=jax.process_count())
+    try:
+      local = self._setup.data.train.batch_at(step, global_batch_size=self._setup.batch_size, seed=self._setup.seed,
+                                              process_index=jax.process_index(), process_count=jax.process_count())
+    except pipeline.UnreadableImageError as e:  # a file that passed the header scan (config.data.on_unreadable)
+      raise experiment.ConfigError(f"config.data.{e} (batch of step {step})") from None
     return {name: sharding_lib.global_batch(local[name], self._setup.mesh) for name in ("image", "label")}
 
   def __call__(self, step: int) -> dict[str, jax.Array]:

@@ -37,7 +37,7 @@ def run(config: experiment.ConfigDict, workdir: str) -> training.TrainResult:
     FileNotFoundError: no teacher run, config file or step.
     FileExistsError: the student's run has already reached ``config.training.num_steps``.
   """
-  setup = experiment.build(config)
+  setup = experiment.build(config, workdir=workdir)
   experiment.check(setup.parametrization == "consistency", "config.model.parametrization",
                    f"is {setup.parametrization!r}; the student of --mode=distill is a consistency model: set it to "
                    "'consistency' (configs/distill/digits.py).")

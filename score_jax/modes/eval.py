@@ -209,7 +209,7 @@ def run(config: experiment.ConfigDict, workdir: str) -> EvalOutput:
       Inception weights file (with the command or path that makes it).
   """
   opts = experiment.eval_options(config)
-  setup = experiment.build(config)
+  setup = experiment.build(config, workdir=workdir)
   end = opts.end_step
   if end is None and opts.wait:
     end = experiment.train_options(config).num_steps

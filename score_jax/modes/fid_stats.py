@@ -21,7 +21,7 @@ def run(config: experiment.ConfigDict, workdir: str) -> writers.Output:
     The folder ``<workdir>/fid_stats`` and {split: path of its FeatureStats npz} as its metrics.
   """
   opts = experiment.eval_options(config)
-  data = experiment.build_image_data(config, "--mode=fid_stats")
+  data = experiment.build_image_data(config, "--mode=fid_stats", workdir)
   extractor = features.get_extractor(opts, workdir, data)
   paths = {}
   for split in dict.fromkeys((data.train.info.split, data.eval_split)):

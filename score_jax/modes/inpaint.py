@@ -29,6 +29,6 @@ def run(config: experiment.ConfigDict, workdir: str) -> writers.Output:
     ConfigError: a bad field (before anything compiles).  FileNotFoundError: no checkpoint.
   """
   opts = experiment.controllable_options(config, "inpaint")
-  setup = experiment.build(config)
+  setup = experiment.build(config, workdir=workdir)
   return controllable.solve("inpaint", setup, opts, experiment.sample_options(config),
                              experiment.guidance_options(config, setup), experiment.classifier_options(config), workdir)

@@ -86,7 +86,7 @@ def run(config: experiment.ConfigDict, workdir: str) -> writers.Output:
     checkpointing.CheckpointError: a snapshot could not be read.
   """
   opts = experiment.posthoc_options(config)
-  setup = experiment.build(config)
+  setup = experiment.build(config, workdir=workdir)
   found = snapshots(workdir)
   if not found:
     if setup.ema.kind != "power":

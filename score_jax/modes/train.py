@@ -81,7 +81,7 @@ def run(config: ConfigDict, workdir: str, *, mesh: Optional[jax.sharding.Mesh] =
     checkpointing.UnreadableCheckpointError: checkpoints exist but none is readable.
     checkpointing.DiskFullError: a save ran out of space (the previous checkpoint is intact).
   """
-  setup = experiment.build(config, mesh=mesh)
+  setup = experiment.build(config, mesh=mesh, workdir=workdir)
   experiment.check(not setup.pretrained, "config.model.pretrained",
                    f"is {setup.pretrained!r}, but training starts from fresh weights; it is read by --mode=sample "
                    "and --mode=eval only (leave it empty to train).")

@@ -35,7 +35,7 @@ def run(config: experiment.ConfigDict, workdir: str) -> writers.Output:
     ConfigError: toy data, or a bad ``config.eval.classifier`` field.
   """
   opts = experiment.classifier_options(config)
-  data = experiment.build_image_data(config, "--mode=train_classifier")
+  data = experiment.build_image_data(config, "--mode=train_classifier", workdir)
   seed = experiment.seed_of(config)
   out = classifiers.resolve_dir(opts.dir, workdir, "classifier")
   outputs.refuse_overwrite(

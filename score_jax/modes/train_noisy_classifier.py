@@ -48,7 +48,7 @@ def run(config: experiment.ConfigDict, workdir: str) -> writers.Output:
     ConfigError: toy data, or a bad ``config.noisy_classifier`` / ``config.sde`` field.
   """
   opts = experiment.noisy_classifier_options(config)
-  data = experiment.build_image_data(config, "--mode=train_noisy_classifier")
+  data = experiment.build_image_data(config, "--mode=train_noisy_classifier", workdir)
   sde = experiment.build_sde(config)
   seed = experiment.seed_of(config)
   out = classifiers.resolve_dir(opts.dir, workdir, "noisy_classifier")
