@@ -118,7 +118,7 @@ def main() -> None:
   teacher_config.eval.classifier_dir = classifier_dir
   teacher_final = max(checkpointing.saved_steps(args.teacher))
   config = recipes.load_config(STUDENT_CONFIG)
-  config.training.max_to_keep = 20  # every 1000-step checkpoint, for FID against step
+  config.training.max_to_keep = 1000  # every 1000-step checkpoint, for FID against step
   if args.steps:
     config.training.num_steps = args.steps
   config.distill.teacher_workdir = os.path.abspath(args.teacher)
