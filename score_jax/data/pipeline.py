@@ -154,8 +154,6 @@ def convert_mode(image: Image.Image, channels: int) -> Image.Image:
   if image.mode.startswith("I;16") or image.mode == "I":
     high = np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8
     image = Image.fromarray(high.astype(np.uint8), "L")
-  elif image.mode in ("PA", "P"):
-    image = image.convert("RGBA")  # the palette's colours (and its transparency, dropped below)
   mode = "L" if channels == 1 else "RGB"
   return image if image.mode == mode else image.convert(mode)
 
