@@ -17,6 +17,10 @@ statistics, eps = 1e-3) and ReLU.
 Weights are never downloaded: ``load_inception_params(path)`` reads a local ``.npz``
 that ``python -m score_jax.metrics.convert_inception`` makes once from pytorch-fid's
 ``pt_inception-2015-12-05-6726825d.pth``.
+
+Its outputs, resize and input scaling included, are checked against pytorch-fid's own network
+(with deterministic random weights) in ``tests/test_inception_reference.py``; the fixture is
+made by ``tools/inception_fixture.py``.
 """
 
 from __future__ import annotations
