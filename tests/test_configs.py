@@ -53,8 +53,26 @@ def test_smoke_variant_builds(path):
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_unknown_variant_is_rejected(path):
-  with pytest.raises(ValueError, match="unknown variant 'tiny'"):
-    load(path, "tiny")
+  with pytest.raises(ValueError, match="unknown variant 'huge'"):
+    load(path, "huge")
+
+
+@pytest.mark.parametrize("path", [c for c in CONFIGS if c != "configs/toy/gmm2d.py"])
+def test_tiny_variant_keeps_the_data_and_shrinks_the_rest(path):
+  """``:tiny`` (a first run on one's own images) reads the data the full config reads, at <= 32 px,
+  with a network of under 1.5M parameters, 400 steps and a 16-sample grid at the end."""
+  _, full = load(path)
+  _, tiny = load(path, "tiny")
+  assert (tiny.data.kind, tiny.data.name, tiny.data.path) == (full.data.kind, full.data.name, full.data.path)
+  assert tiny.data.image_size == min(full.data.image_size, 32)
+  assert (tiny.training.num_steps, tiny.training.sample_freq, tiny.sampling.num_samples) == (400, 0, 16)
+  assert (tiny.sde.name, tiny.training.loss, tiny.sampling.method) == (full.sde.name, full.training.loss,
+                                                                       full.sampling.method)
+  if "ve" in tiny.sde:  # σ_max, the largest distance between images, scales with their side
+    assert tiny.sde.ve.sigma_max == pytest.approx(full.sde.ve.sigma_max * tiny.data.image_size / full.data.image_size)
+  if tiny.model.name in ("ncsnpp", "unet"):
+    model, channels = _full_size_model(tiny)
+    assert _count(model, tiny.data.image_size, channels) < 1_500_000
 
 
 def _full_size_model(config):

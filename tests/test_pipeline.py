@@ -558,34 +558,37 @@ def test_small_images_are_upscaled_or_refused_in_one_line(tmp_path):
     pipeline.get_dataset("embedded", "digits", on_unreadable="skip")
 
 
-def test_training_on_a_folder_with_broken_files_stops_in_one_line_or_skips_them(tmp_path):
-  """Through ``--mode=train``: "error" stops before anything compiles; "skip" trains and lists the
+def test_first_run_on_ones_own_folder_with_broken_files_stops_in_one_line_or_skips_them(tmp_path):
+  """README's first run on one's own images, through ``--mode=train`` with ``:tiny`` (which keeps the
+  folder the user names and crops to 32 px; here 2 + 2 steps and 3 sampler steps, where the README
+  command runs 400 and 100): "error" stops before anything compiles; "skip" trains and lists the
   files; a JPEG that breaks after a checkpoint stops the resumed run in one line (checkpoint intact)
-  or is read around."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  or is read around; the finished run writes its 16-sample grid."""
   from run_main import saved_state  # pylint: disable=g-import-not-at-top
+  from score_jax import config_files  # pylint: disable=g-import-not-at-top
   from score_jax.modes import train  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from configs.ve import afhq_512  # pylint: disable=g-import-not-at-top
   root = str(tmp_path / "own")
-  for i in range(7):
+  for i in range(7):  # smaller than the 32-px crop (upscaled), and one larger greyscale PNG
     save(gradient_image(24, 20, seed=i), f"{root}/img{i:02d}.jpg")
+  save(gradient_image(50, 41, seed=9)[..., 0], f"{root}/sub/img80_grey.png")
   open(f"{root}/img90_empty.jpg", "wb").close()
   with open(f"{root}/img91_text.png", "w") as f:
     f.write("not an image\n")
+  tiny = config_files.load("configs/ve/afhq_512.py:tiny")
+  assert (tiny.data.kind, tiny.data.image_size, tiny.training.num_steps, tiny.sampling.pc.num_steps) == (
+      "folder", 32, 400, 100)
 
   def config(num_steps, on_unreadable):
-    c = afhq_512.get_config("smoke")
-    c.data.kind, c.data.name, c.data.path, c.data.image_size = "folder", "own", root, 16
-    c.data.options = ml_collections.ConfigDict()
+    c = config_files.load("configs/ve/afhq_512.py:tiny")
+    c.data.path = root
     c.data.on_unreadable = on_unreadable
-    c.training.num_steps = num_steps
+    c.training.num_steps, c.training.snapshot_freq, c.sampling.pc.num_steps = num_steps, 2, 3
     return c
 
   workdir = str(tmp_path / "run")
   with pytest.raises(train.ConfigError) as e:
     train.run(config(2, "error"), workdir)
-  assert str(e.value).startswith("config.data.on_unreadable: 2 of 9 files") and "\n" not in str(e.value)
+  assert str(e.value).startswith("config.data.on_unreadable: 2 of 10 files") and "\n" not in str(e.value)
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # stopped before anything ran
   train.run(config(2, "skip"), workdir)
   with open(os.path.join(workdir, pipeline.SKIPPED_FILE)) as f:
@@ -605,3 +608,6 @@ def test_training_on_a_folder_with_broken_files_stops_in_one_line_or_skips_them(
   assert result.start_step == 2 and int(result.state.step) == 4
   with open(os.path.join(workdir, pipeline.SKIPPED_FILE)) as f:
     assert [os.path.basename(line.split("\t")[0]) for line in f.read().splitlines()] == ["img03.jpg"]
+  with np.load(os.path.join(workdir, "samples_step4.npz")) as f:
+    samples = f[list(f.keys())[0]]
+  assert samples.shape == (16, 32, 32, 3) and np.isfinite(samples).all()
