@@ -23,6 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from score_jax import config_files  # light: the library (JAX) loads only once a mode runs
+from score_jax.jobs import peers  # light too
 
 # mode -> ("module:function" of (config, workdir), one-line description for --help)
 # mode -> one-line description for --help; --mode=NAME runs score_jax.modes.NAME.run(config, workdir).
@@ -53,6 +54,9 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for --distributed without autodetection.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, for --distributed without autodetection.")
 flags.DEFINE_integer("process_id", None, "This process's index, for --distributed without autodetection.")
+flags.DEFINE_integer("heartbeat_timeout", peers.DEFAULT_HEARTBEAT_TIMEOUT,
+                     "With --distributed: seconds without a heartbeat after which a process counts as lost; "
+                     "the others then stop in one line naming it.", lower_bound=1)
 flags.DEFINE_string("compilation_cache", None, "JAX's persistent compilation cache folder, or 'off'; default "
                     "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/score_jax/jax.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -67,7 +71,7 @@ def usage() -> str:
   """--help: what the command does, its flags, every mode and every config file, one line each."""
   lines = [__doc__.strip(), "", "Flags:"]
   for name in ("config", "workdir", "mode", "distributed", "coordinator_address", "num_processes", "process_id",
-               "compilation_cache"):
+               "heartbeat_timeout", "compilation_cache"):
     lines.append(f"  --{name:<22}{FLAGS[name].help}")
   lines += ["", "Modes (--mode=):"]
   width = max(map(len, MODES)) + 2
@@ -134,19 +138,25 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_DropNoise())
+  watch = None
   if FLAGS.distributed:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; GPUs / TPUs unaffected
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+    watch = peers.connect(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                          process_id=FLAGS.process_id, heartbeat_timeout=FLAGS.heartbeat_timeout, workdir=FLAGS.workdir)
   from score_jax import compilation  # pylint: disable=g-import-not-at-top
   cache = compilation.enable_persistent_cache(FLAGS.compilation_cache)
   logging.info("Persistent compilation cache: %s.", cache or "off (--compilation_cache=off)")
   mode = importlib.import_module(f"score_jax.modes.{FLAGS.mode}")
   try:
     mode.run(FLAGS.config, FLAGS.workdir)
-  except user_errors() as e:
-    sys.exit(f"error: {e}")
+  except BaseException as e:  # pylint: disable=broad-except
+    if watch is not None:
+      watch.await_verdict(e)  # a collective whose peer is gone fails: the watch ends the run in its line
+      watch.leave(finished=False)
+    if isinstance(e, user_errors()):
+      sys.exit(f"error: {e}")
+    raise
+  if watch is not None:
+    watch.leave(finished=True)  # every process waits for the others here, so none is taken for lost
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -169,6 +169,17 @@ def checkpoint_steps(workdir: str) -> list[int]:
     return sorted(ckpt.all_steps())
 
 
+def committed_steps(workdir: str) -> list[int]:
+  """Steps whose checkpoint folder is complete (renamed into place, commit marker inside),
+  ascending, read from the folder alone: no Orbax manager, nothing collective (what a process
+  may still do when another is lost, and what tests poll)."""
+  root = checkpoint_dir(workdir)
+  if not os.path.isdir(root):
+    return []
+  return sorted(int(n) for n in os.listdir(root)
+                if n.isdigit() and os.path.exists(os.path.join(root, n, COMMIT_MARKER)))
+
+
 def saved_steps(workdir: str) -> list[int]:
   """Steps with a full checkpoint or an EMA export in ``workdir``, ascending."""
   return sorted(set(checkpoint_steps(workdir)) | set(exported_steps(workdir)))

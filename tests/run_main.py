@@ -51,10 +51,9 @@ def start(cmd: Sequence[str], *, devices: int = 1, log: Optional[str] = None) ->
 
 def wait_for_checkpoint(workdir: str, proc: subprocess.Popen, *, at_least: int, timeout: float = 600) -> int:
   """Polls until a finished checkpoint of step >= ``at_least`` exists; returns its step."""
-  root = pathlib.Path(checkpointing.checkpoint_dir(workdir))
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
-    steps = [int(p.name) for p in root.glob("*") if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()]
+    steps = checkpointing.committed_steps(workdir)
     if steps and max(steps) >= at_least:
       return max(steps)
     if proc.poll() is not None:

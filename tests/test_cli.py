@@ -38,6 +38,8 @@ SLIPS = [
     ("unknown_mode", [f"--config={SMOKE}", "--mode=fly"], "value should be one of"),
     ("bad_value", [f"--config={SMOKE}", "--config.training.num_steps=many"], "--config.training.num_steps=many"),
     ("no_workdir", [f"--config={SMOKE}"], "Flag --workdir must have a value"),
+    ("heartbeat_timeout", [f"--config={SMOKE}", "--distributed", "--heartbeat_timeout=0"],
+     "flag --heartbeat_timeout=0: 0 is not a positive integer"),
 ]
 
 

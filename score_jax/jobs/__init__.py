@@ -15,6 +15,7 @@
     noise_bands.py     a noise-conditional classifier's accuracy per σ band
     train_step.py      the train step, gradient accumulation, the state's shardings
     train_loop.py      the training loop, batches ahead, preemption, progress and scalars
+    peers.py           several processes: joining, a lost process reported in one line, an orderly end
 
 Nothing here reads a config: modes hand these functions the records of ``score_jax.experiment``.
 """
