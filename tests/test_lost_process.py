@@ -94,11 +94,11 @@ def test_the_line_names_the_lost_processes_and_the_newest_committed_checkpoint(t
       "error: process 1 of 2 was lost (killed, crashed or its machine failed; heartbeat timeout 30 s); no checkpoint "
       "is complete yet (a relaunch starts from step 0): relaunch all 2 processes to resume.")
   root = tmp_path / "checkpoints"
-  for name, committed in (("20", True), ("40", False), ("60.orbax-checkpoint-tmp-1", True)):
+  for name, committed in (("10", True), ("20", True), ("40", False), ("60.orbax-checkpoint-tmp-1", True)):
     (root / name).mkdir(parents=True)
     if committed:
       (root / name / checkpointing.COMMIT_MARKER).write_text("{}")
-  assert checkpointing.committed_steps(workdir) == [20]  # no marker, or not renamed into place: not complete
+  assert checkpointing.committed_steps(workdir) == [10, 20]  # no marker, or not renamed into place: not complete
   assert peers.lost_message([1, 3], 4, 10, workdir) == (
       f"error: processes 1, 3 of 4 were lost (killed, crashed or its machine failed; heartbeat timeout 10 s); the "
       f"newest complete checkpoint is step 20 ({root / '20'}): relaunch all 4 processes to resume.")
