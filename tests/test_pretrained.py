@@ -324,3 +324,94 @@ def test_diffusers_published_networks_map_onto_configs(name):
   pretrained.check_diffusers_config(entry["config"], model)
   pairs = pretrained._diffusers_names(model, shapes)  # pylint: disable=protected-access
   pretrained.plan(pairs, {k: tuple(v) for k, v in entry["shapes"].items()}, shapes, name)
+
+
+# ---- diffusers' config.json, field by field ------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def fields_fixture() -> dict:
+  """tools/pretrained_fixtures.py diffusers_fields: small UNet2DModels run by diffusers."""
+  with gzip.open(FIXTURES / "diffusers_fields.json.gz", "rt") as f:
+    return json.load(f)
+
+
+def fields_folder(path: pathlib.Path, name: str) -> str:
+  """The folder of a "match" case: its config.json and its weights, drawn from the stored seed."""
+  fx = fields_fixture()
+  case = fx["match"][name]
+  path.mkdir()
+  (path / "config.json").write_text(json.dumps(case["config"] | {"_class_name": "UNet2DModel"}))
+  save_file(pretrained_fixtures.deterministic_weights(case["manifest"], fx["seed"]),
+            str(path / "diffusion_pytorch_model.safetensors"))
+  return str(path)
+
+
+@pytest.mark.parametrize("name", ["base", "narrow4", "center_input", "norm_groups", "layers2_attn_everywhere"])
+def test_diffusers_fields_match_diffusers(name, tmp_path):
+  """Converted without a config (the network from config.json alone), the folder's network under
+  score_sde's conditioning is diffusers' UNet2DModel: narrow widths (group counts diffusers sets
+  differently from min(C/4, 32)), norm_num_groups / attn_norm_num_groups, center_input_sample
+  True (the base has False), two blocks per level, attention at every level."""
+  fx = fields_fixture()
+  params, meta = pretrained.convert(fields_folder(tmp_path / name, name))
+  model = models.get_model("ncsnpp", **meta["network"])
+  assert meta["centered"] is (not fx["match"][name]["config"]["center_input_sample"])
+  if name in ("narrow4", "norm_groups"):
+    assert model.group_counts  # diffusers' counts differ from NCSN++'s here
+  sde = sde_lib.get_sde("ve", **fx["sde"])
+  apply = jax.jit(lambda p, x, c: model.apply({"params": p}, x, c))
+  with jax.enable_x64(True):
+    score = score_fn_lib.get_score_fn(sde, apply, f64(params), conditioning="score_sde", centered=meta["centered"])(
+        jnp.asarray(fx["x"], jnp.float64), jnp.asarray(fx["t"], jnp.float64))
+  assert rel_err(score, np.asarray(fx["match"][name]["score"])) < RTOL
+
+
+def test_diffusers_group_counts_are_needed():
+  """Without the group counts (NCSN++'s min(C/4, 32) everywhere) the narrow folder's network differs."""
+  fx = fields_fixture()
+  cfg = fx["match"]["narrow4"]["config"]
+  model, _ = pretrained.diffusers_network(cfg)
+  counts = dict(model.group_counts)
+  assert counts["AttnBlock_0/GroupNorm_0"] == 32 and counts["GroupNorm_3"] == 32  # attention, output norm
+  plain = models.get_model("ncsnpp", **(pretrained.network_record(model) | {"group_counts": ()}))
+  with pytest.raises(pretrained.PretrainedMismatch) as e:
+    pretrained.check_diffusers_config(cfg, plain)
+  assert "norm_num_groups=32" in one_line(e) and "group_counts" in str(e.value)
+
+
+def test_diffusers_every_field_matches_or_refuses():
+  """No silent path: every UNet2DModel field, perturbed in turn, either converts to a network that
+  computes what diffusers computes (the "match" cases above; the "same" fields change nothing
+  diffusers computes — the fixture script checked it — and convert to the base's network) or is
+  refused in one line naming the field and the folder's value."""
+  fx = fields_fixture()
+  base = fx["base"]
+  tried = set(base) | {k for case in fx["match"].values() for k in case["config"]} | set(fx["same"]) | set(fx["refuse"])
+  assert tried >= set(pretrained.DIFFUSERS_DEFAULTS), set(pretrained.DIFFUSERS_DEFAULTS) - tried
+  want, want_centered = pretrained.diffusers_fields(base)
+  for field, value in fx["same"].items():  # (group counts read none of these fields)
+    got, centered = pretrained.diffusers_fields(base | {field: value})
+    assert centered == want_centered
+    assert got == (want | {"dropout": value} if field == "dropout" else want), field
+  for field, value in fx["refuse"].items():
+    with pytest.raises(pretrained.PretrainedMismatch) as e:
+      pretrained.diffusers_network(base | {field: value})
+    assert one_line(e).startswith(f"config.json {field}={json.dumps(value)}: "), str(e.value)
+    effect = fx["refuse_effect"][field]  # what diffusers does with it: another output, or no network at all
+    assert isinstance(effect, str) or effect > 1e-5, (field, effect)
+  for field, value in (("_class_name", "UNet2DConditionModel"), ("cross_attention_dim", 768)):
+    with pytest.raises(pretrained.PretrainedMismatch) as e:
+      pretrained.diffusers_network(base | {field: value})
+    assert one_line(e).startswith(f"config.json {field}="), str(e.value)
+
+
+def test_diffusers_config_checks_centring():
+  """With a config, center_input_sample is checked against config.data.centered (its opposite)."""
+  base = fields_fixture()["base"]
+  model, centered = pretrained.diffusers_network(base)
+  assert centered is True  # center_input_sample=False: the network takes x as given
+  pretrained.check_diffusers_config(base, model, True)
+  with pytest.raises(pretrained.PretrainedMismatch) as e:
+    pretrained.check_diffusers_config(base, model, False)
+  assert one_line(e).startswith("config.json center_input_sample=false: ") and "data.centered=True" in str(e.value)
