@@ -40,10 +40,13 @@ Command line (writes an EMA export, ``<out>/ema/<step>``, plus ``<out>/pretraine
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 import os
 import pickle
+import pprint
+import textwrap
 import zipfile
 from typing import Any, Iterator
 
@@ -238,6 +241,7 @@ def target_shapes(model: nn.Module) -> dict[tuple[str, ...], tuple[int, ...]]:
   return _trace(model)[0]
 
 
+@functools.lru_cache(maxsize=8)  # modules are hashable: a conversion traces its network once
 def _trace(model: nn.Module) -> tuple[dict[tuple[str, ...], tuple[int, ...]], dict[str, str]]:
   """One abstract init of ``model``: its {param path: shape} and, for its top-level resampling
   layers, {"Resample_j": "Upsample" | "Downsample"} (read off the modules as they are called)."""
@@ -460,6 +464,30 @@ def _diffusers_group_count(cfg: dict[str, Any], name: str, channels: int) -> int
   return default
 
 
+def diffusers_group_counts(cfg: dict[str, Any], model: nn.Module) -> dict[str, int]:
+  """{score_jax norm path: groups} where diffusers' UNet2DModel of ``cfg`` has other GroupNorm groups
+  than NCSN++'s min(C/4, 32), for ``model`` (an NCSNpp with the folder's other fields).
+
+  Raises:
+    PretrainedMismatch: a count that does not divide its norm's channels (diffusers could not
+      build the folder's network either).
+  """
+  shapes = target_shapes(model)
+  counts = {}
+  for path, name, _ in _diffusers_names(model, shapes):
+    if path[-1] != "scale" or not path[-2].startswith("GroupNorm"):
+      continue
+    channels, norm = shapes[path][0], name.rsplit(".", 1)[0]
+    groups = _diffusers_group_count(cfg, norm, channels)
+    if groups < 1 or channels % groups:
+      field = "norm_num_groups" if "mid_block" in name or "conv_norm_out" in name else "block_out_channels"
+      raise _refuse(field, cfg.get(field, DIFFUSERS_DEFAULTS[field]), f"diffusers' {norm} would have {groups} "
+                    f"groups for {channels} channels, which do not divide them (torch refuses it too).")
+    if groups != layers.num_groups(channels):
+      counts["/".join(path[:-1])] = groups
+  return counts
+
+
 def diffusers_network(cfg: dict[str, Any]) -> tuple[nn.Module, bool]:
   """(the score_jax NCSNpp that computes what the folder's UNet2DModel computes, data.centered).
 
@@ -468,33 +496,19 @@ def diffusers_network(cfg: dict[str, Any]) -> tuple[nn.Module, bool]:
   and output norm (``norm_num_groups``, ``attn_norm_num_groups``) — become ``group_counts``.
 
   Raises:
-    PretrainedMismatch: a field score_jax cannot compute (``diffusers_fields``), or a group count
-      that does not divide its norm's channels (diffusers could not build the folder's network).
+    PretrainedMismatch: a field score_jax cannot compute (``diffusers_fields``, ``diffusers_group_counts``).
   """
   from score_jax import models  # pylint: disable=import-outside-toplevel  (models import layers only)
 
   fields, centered = diffusers_fields(cfg)
   model = models.get_model("ncsnpp", **fields)
-  shapes = target_shapes(model)
-  counts = {}
-  for path, name, _ in _diffusers_names(model, shapes):
-    module = "/".join(path[:-1])
-    if path[-1] != "scale" or not path[-2].startswith("GroupNorm"):
-      continue
-    channels = shapes[path][0]
-    groups = _diffusers_group_count(cfg, name.rsplit(".", 1)[0], channels)
-    if groups < 1 or channels % groups:
-      field = "norm_num_groups" if "mid_block" in name or "conv_norm_out" in name else "block_out_channels"
-      raise _refuse(field, cfg.get(field, DIFFUSERS_DEFAULTS[field]), f"diffusers' {name.rsplit('.', 1)[0]} would "
-                    f"have {groups} groups for {channels} channels, which do not divide them (torch refuses it too).")
-    if groups != layers.num_groups(channels):
-      counts[module] = groups
-  return (models.get_model("ncsnpp", **fields, group_counts=counts) if counts else model), centered
+  counts = diffusers_group_counts(cfg, model)
+  return (model.clone(group_counts=counts) if counts else model), centered
 
 
 # The NCSNpp fields a diffusers folder sets, compared with a --config's network.
-_COMPARED = ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "image_size", "num_channels", "group_counts",
-             *DIFFUSERS_FIXED)
+_COMPARED = ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "image_size", "num_channels", *DIFFUSERS_FIXED,
+             "group_counts")
 # Which config.json field sets which score_jax field (for messages).
 _SOURCE = {"nf": "block_out_channels", "ch_mult": "block_out_channels", "num_res_blocks": "layers_per_block",
            "attn_resolutions": "down_block_types", "image_size": "sample_size", "num_channels": "in_channels",
@@ -503,9 +517,11 @@ _SOURCE = {"nf": "block_out_channels", "ch_mult": "block_out_channels", "num_res
 
 def check_diffusers_config(cfg: dict[str, Any], model: nn.Module, centered: bool | None = None) -> None:
   """Raises PretrainedMismatch unless ``model`` (and ``centered``, when given) is what the folder computes."""
-  want, want_centered = diffusers_network(cfg)
-  for field in _COMPARED:
-    got, need = getattr(model, field), getattr(want, field)
+  fields, want_centered = diffusers_fields(cfg)
+  for field in _COMPARED:  # group_counts last: they are read off the network the other fields make
+    got = getattr(model, field)
+    need = (tuple(sorted(diffusers_group_counts(cfg, model.clone(group_counts=())).items()))
+            if field == "group_counts" else fields[field])
     if got != need:
       source = _SOURCE.get(field, "down_block_types")
       shown = cfg.get(source, DIFFUSERS_DEFAULTS.get(source))
@@ -788,9 +804,12 @@ def derived_config_text(src: str, out: str, meta: dict[str, Any]) -> str:
   sched = read_scheduler(src)
   sde = {"sigma_min": float(sched.get("sigma_min", 0.01)), "sigma_max": float(sched.get("sigma_max", 50.0))}
   pc = {"num_steps": int(sched.get("num_train_timesteps", 1000)), "snr": float(sched.get("snr", 0.16))}
-  where = (f"from its ScoreSdeVeScheduler config" if sched else
+  where = ("from its ScoreSdeVeScheduler config" if sched else
            "configs/default_ve.py's: no ScoreSdeVeScheduler config was found beside the folder; set "
            "config.sde.ve.sigma_max to the largest distance between training images")
+  about = textwrap.fill(f"The network is the folder's UNet2DModel; σ_min / σ_max and the sampler's steps and snr are "
+                        f"{where}.  --mode=sample reads no data; --mode=eval compares with the training images: "
+                        "set --config.data.path to their folder.", 100)
   name = os.path.basename(os.path.normpath(src)) or "diffusers"
   network = {k: tuple(tuple(p) for p in v) if k == "group_counts" else tuple(v) if isinstance(v, list) else v
              for k, v in net.items() if k not in ("image_size", "num_channels", "num_classes")}
@@ -800,16 +819,14 @@ every architecture field of it).
 
     python main.py --config={os.path.join(os.path.abspath(out), CONFIG_FILE)} --workdir=<new folder> --mode=sample
 
-The network is the folder's UNet2DModel; σ_min / σ_max and the sampler's steps and snr are
-{where}.  --mode=sample reads no data; --mode=eval compares with the training images: set
---config.data.path to their folder.
+{about}
 """
 
 import ml_collections
 
 from configs import default_ve
 
-NETWORK = {network!r}
+NETWORK = {pprint.pformat(network, width=110, sort_dicts=False)}
 
 
 def get_config(variant: str = ""):

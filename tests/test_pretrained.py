@@ -14,6 +14,7 @@ import gzip
 import importlib
 import json
 import pathlib
+import re
 import shutil
 import sys
 from typing import Any
@@ -26,6 +27,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import run_main
+from score_jax import config_files
 from score_jax import experiment
 from score_jax import models
 from score_jax import pretrained
@@ -360,7 +362,8 @@ def test_diffusers_fields_match_diffusers(name, tmp_path):
   if name in ("narrow4", "norm_groups"):
     assert model.group_counts  # diffusers' counts differ from NCSN++'s here
   sde = sde_lib.get_sde("ve", **fx["sde"])
-  apply = jax.jit(lambda p, x, c: model.apply({"params": p}, x, c))
+  forward = experiment.forward(model)  # one compile per network: center_input shares base's
+  apply = lambda p, x, c: forward(p, x, c, None, None, False)  # noqa: E731
   with jax.enable_x64(True):
     score = score_fn_lib.get_score_fn(sde, apply, f64(params), conditioning="score_sde", centered=meta["centered"])(
         jnp.asarray(fx["x"], jnp.float64), jnp.asarray(fx["t"], jnp.float64))
@@ -415,3 +418,80 @@ def test_diffusers_config_checks_centring():
   with pytest.raises(pretrained.PretrainedMismatch) as e:
     pretrained.check_diffusers_config(base, model, False)
   assert one_line(e).startswith("config.json center_input_sample=false: ") and "data.centered=True" in str(e.value)
+
+
+def readme_commands() -> list[list[str]]:
+  """The command lines of README's "Published checkpoints" section, as argument lists."""
+  import shlex  # pylint: disable=import-outside-toplevel
+  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  section = readme.split("## Published checkpoints", 1)[1].split("\n## ", 1)[0]
+  text = re.sub(r"\\\n\s*", "", section)  # continuation lines joined
+  return [shlex.split(line.strip()) for line in text.splitlines()
+          if line.startswith("    python ")]
+
+
+def substitute(cmd: list[str], values: dict[str, str]) -> list[str]:
+  """``cmd`` with the flags in ``values`` given those values (``{"--src": ...}``), for the test's paths."""
+  out = []
+  for arg in cmd:
+    flag = arg.split("=", 1)[0]
+    out.append(f"{flag}={values[flag]}" if flag in values else arg)
+  return [sys.executable if out[0] == "python" else out[0], *out[1:]]
+
+
+# The celebahq_256 config shrunk to the ve_ncsnpp_skip fixture's network (the same block options).
+SKIP_FIXTURE = ("--config.data.image_size=8", "--config.model.network.nf=4", "--config.model.network.ch_mult=(1,2)",
+                "--config.model.network.num_res_blocks=1", "--config.model.network.attn_resolutions=(4,)")
+FAST_SAMPLING = ("--config.sampling.pc.num_steps=2", "--config.sampling.num_samples=4")
+
+
+def test_readme_published_commands_run_without_data(tmp_path):
+  """README's convert + sample commands run as written: the score_sde route with
+  configs/ve/celebahq_256.py (tfrecords, config.data.path unset: no data here) and the diffusers
+  route without --config, whose written config samples through main.py --mode=sample."""
+  (score_sde_convert, score_sde_sample, hf_convert, hf_sample) = readme_commands()
+  assert "--config=configs/ve/celebahq_256.py" in score_sde_convert and "--mode=sample" in score_sde_sample
+  assert not any(a.startswith("--config=") for a in hf_convert) and "--mode=sample" in hf_sample
+  out, work = tmp_path / "celebahq", tmp_path / "run"
+  src = str(FIXTURES / "ve_ncsnpp_skip" / "checkpoint_7")
+  proc = run_main.run([*substitute(score_sde_convert, {"--src": src, "--out": str(out)}), *SKIP_FIXTURE], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_main.run([*substitute(score_sde_sample, {"--workdir": str(work), "--config.model.pretrained": str(out)}),
+                       *SKIP_FIXTURE, *FAST_SAMPLING], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads((work / "samples" / "0" / "metrics.json").read_text())["step"] == 7
+  # diffusers: a refusal first (one line, exit 2, the field named), then the folder as it is.
+  folder = fields_folder(tmp_path / "folder", "base")
+  bad = tmp_path / "bad"
+  shutil.copytree(folder, bad)
+  (bad / "config.json").write_text(json.dumps(json.loads((bad / "config.json").read_text()) | {"attention_head_dim": 8}))
+  hf_out, hf_work = tmp_path / "hf", tmp_path / "hf_run"
+  proc = run_main.run(substitute(hf_convert, {"--src": str(bad), "--out": str(hf_out)}), timeout=300)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+  assert proc.stderr.startswith("error: config.json attention_head_dim=8: ") and not hf_out.exists()
+  proc = run_main.run(substitute(hf_convert, {"--src": folder, "--out": str(hf_out)}), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = str(hf_out / "config.py")
+  assert f"--config={config}" in proc.stdout
+  proc = run_main.run([*substitute(hf_sample, {"--config": config, "--workdir": str(hf_work)}), *FAST_SAMPLING],
+                      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  x = np.load(hf_work / "samples" / "0" / "samples.npz")["samples"]
+  assert x.shape == (4, 8, 8, 3) and np.isfinite(x).all()
+
+
+@pytest.mark.parametrize("config_path", ["configs/ve/cifar10_ncsnpp_continuous.py", "configs/ve/celebahq_256.py",
+                                         "configs/ve/church_256.py", "configs/ve/ffhq_1024.py"])
+def test_sampling_an_export_opens_no_data(config_path, export_dir, monkeypatch):
+  """Every published configuration (TFDS, tfrecords, image folder; no data here) builds for
+  --mode=sample from an export without opening its data: the export gives channels and labels."""
+  from score_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(pipeline, "get_dataset", lambda *a, **k: pytest.fail("the data were opened"))
+  config = config_files.load(config_path)
+  config.data.image_size = 8
+  config.model.network.update(nf=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                              progressive="none", progressive_input="residual")
+  config.model.update(pretrained=str(export_dir), conditioning="score_sde")
+  config.data.centered = False
+  setup = experiment.build(config, read_data=False)
+  assert setup.data_shape == (8, 8, 3) and setup.data.data_range == (0.0, 1.0)
