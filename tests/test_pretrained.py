@@ -495,3 +495,14 @@ def test_sampling_an_export_opens_no_data(config_path, export_dir, monkeypatch):
   config.data.centered = False
   setup = experiment.build(config, read_data=False)
   assert setup.data_shape == (8, 8, 3) and setup.data.data_range == (0.0, 1.0)
+
+
+def test_group_counts_field_is_checked():
+  """NCSNpp.group_counts: (norm path, groups) pairs or a dict, stored sorted; bad entries fail in one line."""
+  model = models.get_model("ncsnpp", nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), image_size=8,
+                           group_counts={"GroupNorm_0": 4, "AttnBlock_0/GroupNorm_0": 8})
+  assert model.group_counts == (("AttnBlock_0/GroupNorm_0", 8), ("GroupNorm_0", 4))
+  for bad in ({"Conv_0/GroupNorm_0": 4}, {"GroupNorm_0": 0}, [("GroupNorm_0", 2), ("GroupNorm_0", 4)], 7):
+    with pytest.raises(ValueError, match=r"^NCSNpp.group_counts") as e:
+      models.get_model("ncsnpp", nf=8, ch_mult=(1,), image_size=8, attn_resolutions=(), group_counts=bad)
+    one_line(e)

@@ -73,8 +73,8 @@ class ImageData:
 
   Attributes:
     name: the dataset's name.
-    split: the training split's name; ``train`` is that split (``pipeline`` dataset:
-      ``batch_at``, ``info``, ``data_range``).
+    open_train: ``() -> dataset``, the training split (``pipeline`` dataset: ``batch_at``,
+      ``info``, ``data_range``), opened once; ``train`` is its result.
     eval_split: name of the held-out split, built on demand by ``load_split``.
     build_split: ``split -> dataset`` with the same options as ``train`` (cached).
     layout: set when the data were not opened (``build_data(layout=...)``): the shape, labels
@@ -82,14 +82,14 @@ class ImageData:
   """
 
   name: str
-  split: str
+  open_train: Callable[[], Any]
   eval_split: str
   build_split: Callable[[str], Any]
   layout: Optional[ImageLayout] = None
 
   @property
   def train(self) -> Any:
-    return self.build_split(self.split)
+    return self.open_train()
 
   @property
   def info(self) -> Any:
@@ -151,8 +151,8 @@ def build_data(config: ConfigDict, workdir: Optional[str] = None, *, layout: Opt
                                   small_images=d.get("small_images", "upscale"), index_dir=workdir,
                                   write_index=jax.process_index() == 0, **as_dict(d.get("options")))
 
-  data = ImageData(name=d.name, split=d.split, eval_split=d.eval_split,
-                   build_split=functools.lru_cache(maxsize=2)(build_split), layout=layout)
+  data = ImageData(name=d.name, open_train=functools.lru_cache(maxsize=1)(lambda: build_split(d.split)),
+                   eval_split=d.eval_split, build_split=functools.lru_cache(maxsize=2)(build_split), layout=layout)
   if layout is None:
     data.train  # pylint: disable=pointless-statement  (opened now: a missing file fails before anything compiles)
   return data
