@@ -19,22 +19,30 @@ Two source formats, read without TensorFlow and without torch:
   blocks is NCSN++ with BigGAN blocks, FIR resampling, an output-skip and an input-skip
   (sum) pyramid and Fourier features; ``_diffusers_names`` walks that structure level by
   level.  Torch layouts are transposed: conv ``[O, I, kh, kw]`` -> ``[kh, kw, I, O]``,
-  linear ``[O, I]`` -> ``[I, O]``.
+  linear ``[O, I]`` -> ``[I, O]``.  Every field of its ``config.json`` is read
+  (``diffusers_fields``; README, "Published checkpoints", has the table): the network is derived
+  from it, GroupNorm group counts included where diffusers' differ from NCSN++'s
+  (``diffusers_group_counts`` -> ``NCSNpp.group_counts``), or the field is refused in one line
+  naming it, its value and what score_jax would compute instead.  No ``--config`` is needed:
+  ``export`` then writes ``<out>/config.py`` for ``main.py --config=``.
 
-Either way the result is checked against the score_jax network the config describes: the
-first array that is missing, left over or of another shape is named in a one-line
-``PretrainedMismatch`` (a ValueError).
+Either way the result is checked against the score_jax network: the first array that is
+missing, left over or of another shape is named in a one-line ``PretrainedMismatch`` (a
+ValueError).
 
 Both formats hold networks trained with score_sde's conventions (σ(t) = σ_min (σ_max/σ_min)^t
 conditioning for VE, inputs mapped to 2x − 1 by the network when the data are not centered),
 so they must be sampled with ``config.model.conditioning="score_sde"`` (``score_jax.score_fn``);
 the export written here records that and ``score_jax.experiment`` refuses any other setting.
 
-Command line (writes an EMA export, ``<out>/ema/<step>``, plus ``<out>/pretrained.json``)::
+Command line (writes an EMA export, ``<out>/ema/<step>``, plus ``<out>/pretrained.json``; every
+refusal is one line on stderr, exit status 2)::
 
     python -m score_jax.pretrained --src=checkpoint_<n> --config=configs/ve/celebahq_256.py --out=pretrained/celebahq
     python main.py --config=configs/ve/celebahq_256.py --workdir=runs/celebahq_pt --mode=sample \\
         --config.model.pretrained=pretrained/celebahq --config.model.conditioning=score_sde
+    python -m score_jax.pretrained --src=ncsnpp-celebahq-256 --out=pretrained/celebahq_hf    # a diffusers folder
+    python main.py --config=pretrained/celebahq_hf/config.py --workdir=runs/celebahq_hf --mode=sample
 """
 
 from __future__ import annotations
