@@ -507,3 +507,25 @@ def test_group_counts_field_is_checked():
     with pytest.raises(ValueError, match=r"^NCSNpp.group_counts") as e:
       models.get_model("ncsnpp", nf=8, ch_mult=(1,), image_size=8, attn_resolutions=(), group_counts=bad)
     one_line(e)
+
+
+def test_written_config_takes_the_scheduler_beside_the_folder(tmp_path):
+  """<out>/config.py: the folder's network (group counts included), its centring, and σ_min, σ_max,
+  steps and snr of a ScoreSdeVeScheduler config in ../scheduler/ (a pipeline's layout)."""
+  cfg = fields_fixture()["match"]["narrow4"]["config"] | {"center_input_sample": True}
+  (tmp_path / "pipe" / "unet").mkdir(parents=True)
+  (tmp_path / "pipe" / "scheduler").mkdir()
+  (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+      {"_class_name": "ScoreSdeVeScheduler", "sigma_min": 0.01, "sigma_max": 348.0, "num_train_timesteps": 2000,
+       "snr": 0.15}))
+  model, centered = pretrained.diffusers_network(cfg)
+  meta = {"source": str(tmp_path / "pipe" / "unet"), "network": pretrained.network_record(model), "centered": centered}
+  path = tmp_path / "out" / "config.py"
+  path.parent.mkdir()
+  path.write_text(pretrained.derived_config_text(meta["source"], str(path.parent), meta))
+  config = config_files.load(str(path))
+  assert config.sde.ve.sigma_max == 348.0 and config.sampling.pc.num_steps == 2000 and config.sampling.pc.snr == 0.15
+  assert config.data.centered is False and config.data.image_size == 8 and config.model.conditioning == "score_sde"
+  assert config.model.pretrained == str(path.parent)
+  net = models.get_model("ncsnpp", **config.model.network.to_dict(), image_size=8)
+  assert net.group_counts == model.group_counts and net.ch_mult == (1, 2, 2, 4)
