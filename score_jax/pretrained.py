@@ -365,8 +365,11 @@ def _refuse(field: str, value: Any, why: str) -> PretrainedMismatch:
   return PretrainedMismatch(f"config.json {field}={json.dumps(value)}: {why}")
 
 
-def diffusers_fields(cfg: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def diffusers_fields(cfg: dict[str, Any], image_size: int | None = None) -> tuple[dict[str, Any], bool]:
   """(NCSNpp fields without ``group_counts``, data.centered) of a diffusers config.json.
+
+  ``image_size``: a config's image side, used where ``sample_size`` is null (diffusers then runs
+  at any size); None: ``sample_size`` must say it.
 
   Raises:
     PretrainedMismatch: one line naming the first field whose network score_jax's NCSN++ cannot
@@ -420,15 +423,15 @@ def diffusers_fields(cfg: dict[str, Any]) -> tuple[dict[str, Any], bool]:
                   "as a bias ('default'); no score_jax network scales and shifts by it.")
   if str(c["act_fn"]).lower() not in ("silu", "swish"):
     raise _refuse("act_fn", c["act_fn"], "score_jax's NCSN++ uses SiLU ('silu') in every block.")
-  for level, (width, a) in enumerate(zip(widths, attn + [True])):  # the middle block has attention too
-    head = c["attention_head_dim"]
-    if a and head is not None and head != width:
+  head = c["attention_head_dim"]
+  for width in [w for w, a in zip(widths, attn) if a] + [widths[-1]]:  # the middle block has attention too
+    if head is not None and head != width:
       raise _refuse("attention_head_dim", head, f"{width // head if head else 0} heads of {head} channels at "
                     f"{width} channels; score_jax's NCSN++ attention has one head (null, or the width).")
   if c["class_embed_type"] is not None or c["num_class_embeds"] is not None:
     field = "class_embed_type" if c["class_embed_type"] is not None else "num_class_embeds"
     raise _refuse(field, c[field], "a class embedding; score_jax converts unconditional diffusers networks only.")
-  size = c["sample_size"]
+  size = c["sample_size"] if c["sample_size"] is not None else image_size
   if isinstance(size, (list, tuple)):
     if len(size) != 2 or size[0] != size[1]:
       raise _refuse("sample_size", size, "score_jax's networks are square.")
@@ -525,7 +528,7 @@ _SOURCE = {"nf": "block_out_channels", "ch_mult": "block_out_channels", "num_res
 
 def check_diffusers_config(cfg: dict[str, Any], model: nn.Module, centered: bool | None = None) -> None:
   """Raises PretrainedMismatch unless ``model`` (and ``centered``, when given) is what the folder computes."""
-  fields, want_centered = diffusers_fields(cfg)
+  fields, want_centered = diffusers_fields(cfg, image_size=model.image_size)
   for field in _COMPARED:  # group_counts last: they are read off the network the other fields make
     got = getattr(model, field)
     need = (tuple(sorted(diffusers_group_counts(cfg, model.clone(group_counts=())).items()))

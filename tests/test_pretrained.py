@@ -403,16 +403,21 @@ def test_diffusers_every_field_matches_or_refuses():
     assert one_line(e).startswith(f"config.json {field}={json.dumps(value)}: "), str(e.value)
     effect = fx["refuse_effect"][field]  # what diffusers does with it: another output, or no network at all
     assert isinstance(effect, str) or effect > 1e-5, (field, effect)
-  for field, value in (("_class_name", "UNet2DConditionModel"), ("cross_attention_dim", 768)):
+  # Also: one head at the attention level (32 channels) is two in the 64-channel middle block; no size.
+  for field, value in (("_class_name", "UNet2DConditionModel"), ("cross_attention_dim", 768),
+                       ("attention_head_dim", 32), ("sample_size", None)):
     with pytest.raises(pretrained.PretrainedMismatch) as e:
-      pretrained.diffusers_network(base | {field: value})
+      pretrained.diffusers_fields(base | {field: value} | ({"down_block_types": ["AttnSkipDownBlock2D", "SkipDownBlock2D"],
+                                  "up_block_types": ["SkipUpBlock2D", "AttnSkipUpBlock2D"]} if value == 32 else {}))
     assert one_line(e).startswith(f"config.json {field}="), str(e.value)
 
 
 def test_diffusers_config_checks_centring():
-  """With a config, center_input_sample is checked against config.data.centered (its opposite)."""
+  """With a config, center_input_sample is checked against config.data.centered (its opposite);
+  sample_size null (diffusers runs at any size) takes the config's image size."""
   base = fields_fixture()["base"]
   model, centered = pretrained.diffusers_network(base)
+  pretrained.check_diffusers_config(base | {"sample_size": None}, model)
   assert centered is True  # center_input_sample=False: the network takes x as given
   pretrained.check_diffusers_config(base, model, True)
   with pytest.raises(pretrained.PretrainedMismatch) as e:
