@@ -16,14 +16,14 @@ What is compared, for each resolution R (default 32 and 64):
   (1, 3, 3, 1) resampling, output-skip / input-skip pyramids, Fourier noise embedding).  The
   worker builds diffusers' ``UNet2DModel`` with the skip block types Google's converted
   ``google/ncsnpp-*`` models use, saves it as ``.safetensors``, and score_jax reads that
-  folder through ``score_jax.pretrained.convert`` — the same weights on both sides.  diffusers
-  picks some GroupNorm group counts differently from NCSN++'s min(C/4, 32): its attention blocks
-  use a fixed 32, and ``AttnSkipUpBlock2D`` computes its resnets' groups as
-  ``min(in + skip // 4, 32)`` (operator precedence); at widths >= 128 (the published models)
-  both agree with NCSN++, at the 32 / 64 channels here they do not.  The worker sets every
-  GroupNorm to NCSN++'s count (same weights, same arithmetic per element), and the forward
-  outputs then agree to float32 round-off: the max abs difference of the scores is printed
-  (diffusers' output is the network's divided by σ).
+  folder through ``score_jax.pretrained.convert`` — the same weights on both sides, and the
+  network its config.json describes.  diffusers picks some GroupNorm group counts differently
+  from NCSN++'s min(C/4, 32) (its attention blocks use a fixed 32, ``AttnSkipUpBlock2D``
+  computes its resnets' groups as ``min(in + skip // 4, 32)``); at widths >= 128 (the published
+  models) both agree, at the 32 / 64 channels here they do not, and the converter reproduces
+  diffusers' counts (``NCSNpp.group_counts``).  The forward outputs agree to float32 round-off:
+  the max abs difference of the scores is printed (diffusers' output is the network's divided
+  by σ).  (Before the converter read the counts, the worker set diffusers' norms to NCSN++'s.)
 * ``forward``: one network evaluation, no gradient.
 * ``pc``: one predictor–corrector step of the VE SDE (σ 0.01 … 348): reverse-diffusion
   predictor + one Langevin corrector step (snr 0.075, score_sde's 256-px value), two network
@@ -110,15 +110,6 @@ class _TorchSide:
     from diffusers import UNet2DModel  # pylint: disable=import-outside-toplevel
     torch.manual_seed(seed)
     model = UNet2DModel(**config)
-    patched = 0
-    for norm in model.modules():  # every GroupNorm gets NCSN++'s min(C/4, 32) groups (see the docstring)
-      if isinstance(norm, torch.nn.GroupNorm):
-        groups = max(1, min(norm.num_channels // 4, 32))
-        while norm.num_channels % groups:
-          groups -= 1
-        if norm.num_groups != groups:
-          norm.num_groups = groups
-          patched += 1
     with torch.no_grad():  # O(1) activations everywhere: no zero-initialised output layer
       for name, p in model.named_parameters():
         if p.ndim >= 2 and not name.startswith("time_proj"):
@@ -128,7 +119,7 @@ class _TorchSide:
       model.save_pretrained(folder, safe_serialization=True)
     self.models[res] = model
     self.compiled[res] = torch.compile(model, dynamic=True)  # fewer recompiles across batch sizes
-    return {"params": sum(p.numel() for p in model.parameters()), "patched_norms": patched,
+    return {"params": sum(p.numel() for p in model.parameters()),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
   def forward(self, res: int, path: str) -> dict[str, Any]:
@@ -273,8 +264,9 @@ class JaxSide:
   def load(self, res: int, folder: str) -> int:
     from score_jax import pretrained  # pylint: disable=import-outside-toplevel
     from score_jax.models import NCSNpp  # pylint: disable=import-outside-toplevel
-    model = NCSNpp(**NETWORK, image_size=res)
-    tree, _ = pretrained.convert(folder, model)
+    tree, meta = pretrained.convert(folder)  # the network of the folder's config.json, diffusers' group counts
+    model = NCSNpp(**meta["network"])
+    assert model.image_size == res and all(getattr(model, k) == v for k, v in NETWORK.items() if k != "dropout"), meta
     self.models[res] = model
     self.params[res] = self.jax.tree.map(self.jax.numpy.asarray, tree)
     return sum(int(np.prod(np.shape(a))) for a in self.jax.tree.leaves(tree))
@@ -418,8 +410,8 @@ def main() -> None:
         out = side.forward(res, x, sigma) / sigma[:, None, None, None]  # diffusers returns net / σ
         diff = float(np.max(np.abs(out - ref)))
         print(f"# {res}x{res}: {n_jax:,} parameters in score_jax, {info['params']:,} in diffusers (torch "
-              f"{info['torch']}, {info['threads']} threads; {info['patched_norms']} GroupNorms set to "
-              f"NCSN++'s group count); forward max |score_jax - diffusers| = {diff:.2e} "
+              f"{info['torch']}, {info['threads']} threads; {len(side.models[res].group_counts)} GroupNorms with diffusers' "
+              f"group counts); forward max |score_jax - diffusers| = {diff:.2e} "
               f"(outputs up to {float(np.max(np.abs(ref))):.2f})")
         for batch in batches:
           for op in ops:

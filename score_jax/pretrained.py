@@ -19,31 +19,42 @@ Two source formats, read without TensorFlow and without torch:
   blocks is NCSN++ with BigGAN blocks, FIR resampling, an output-skip and an input-skip
   (sum) pyramid and Fourier features; ``_diffusers_names`` walks that structure level by
   level.  Torch layouts are transposed: conv ``[O, I, kh, kw]`` -> ``[kh, kw, I, O]``,
-  linear ``[O, I]`` -> ``[I, O]``.
+  linear ``[O, I]`` -> ``[I, O]``.  Every field of its ``config.json`` is read
+  (``diffusers_fields``; README, "Published checkpoints", has the table): the network is derived
+  from it, GroupNorm group counts included where diffusers' differ from NCSN++'s
+  (``diffusers_group_counts`` -> ``NCSNpp.group_counts``), or the field is refused in one line
+  naming it, its value and what score_jax would compute instead.  No ``--config`` is needed:
+  ``export`` then writes ``<out>/config.py`` for ``main.py --config=``.
 
-Either way the result is checked against the score_jax network the config describes: the
-first array that is missing, left over or of another shape is named in a one-line
-``PretrainedMismatch`` (a ValueError).
+Either way the result is checked against the score_jax network: the first array that is
+missing, left over or of another shape is named in a one-line ``PretrainedMismatch`` (a
+ValueError).
 
 Both formats hold networks trained with score_sde's conventions (σ(t) = σ_min (σ_max/σ_min)^t
 conditioning for VE, inputs mapped to 2x − 1 by the network when the data are not centered),
 so they must be sampled with ``config.model.conditioning="score_sde"`` (``score_jax.score_fn``);
 the export written here records that and ``score_jax.experiment`` refuses any other setting.
 
-Command line (writes an EMA export, ``<out>/ema/<step>``, plus ``<out>/pretrained.json``)::
+Command line (writes an EMA export, ``<out>/ema/<step>``, plus ``<out>/pretrained.json``; every
+refusal is one line on stderr, exit status 2)::
 
     python -m score_jax.pretrained --src=checkpoint_<n> --config=configs/ve/celebahq_256.py --out=pretrained/celebahq
     python main.py --config=configs/ve/celebahq_256.py --workdir=runs/celebahq_pt --mode=sample \\
         --config.model.pretrained=pretrained/celebahq --config.model.conditioning=score_sde
+    python -m score_jax.pretrained --src=ncsnpp-celebahq-256 --out=pretrained/celebahq_hf    # a diffusers folder
+    python main.py --config=pretrained/celebahq_hf/config.py --workdir=runs/celebahq_hf --mode=sample
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 import os
 import pickle
+import pprint
+import textwrap
 import zipfile
 from typing import Any, Iterator
 
@@ -190,10 +201,22 @@ def read_torch_bin(path: str) -> dict[str, np.ndarray]:
   return {str(k): np.asarray(v) for k, v in state.items()}
 
 
+def read_diffusers_config(folder: str) -> dict[str, Any]:
+  """The config.json of a diffusers model folder (a JSON object)."""
+  path = os.path.join(folder, "config.json")
+  with open(path) as f:
+    try:
+      config = json.load(f)
+    except json.JSONDecodeError as e:
+      raise PretrainedMismatch(f"{path} is not JSON ({e}).") from None
+  if not isinstance(config, dict):
+    raise PretrainedMismatch(f"{path} holds a {type(config).__name__}, not a UNet2DModel config (a JSON object).")
+  return config
+
+
 def read_diffusers(folder: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """(config.json, {name: array}) of a diffusers model folder (.safetensors preferred, else .bin)."""
-  with open(os.path.join(folder, "config.json")) as f:
-    config = json.load(f)
+  config = read_diffusers_config(folder)
   st = os.path.join(folder, "diffusion_pytorch_model.safetensors")
   if os.path.exists(st):
     try:
@@ -226,6 +249,7 @@ def target_shapes(model: nn.Module) -> dict[tuple[str, ...], tuple[int, ...]]:
   return _trace(model)[0]
 
 
+@functools.lru_cache(maxsize=8)  # modules are hashable: a conversion traces its network once
 def _trace(model: nn.Module) -> tuple[dict[tuple[str, ...], tuple[int, ...]], dict[str, str]]:
   """One abstract init of ``model``: its {param path: shape} and, for its top-level resampling
   layers, {"Resample_j": "Upsample" | "Downsample"} (read off the modules as they are called)."""
@@ -305,42 +329,220 @@ def _attn(jax_name: str, torch_name: str) -> dict[str, tuple[str, str]]:
 # Older diffusers files name the attention projections query / key / value / proj_attn.
 _DIFFUSERS_LEGACY = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
 
+# ---- diffusers' config.json -> the score_jax network ---------------------------------------------
+# What a UNet2DModel computes is fixed by its config.json; every field is read here (facts from
+# diffusers 0.42's UNet2DModel and its skip blocks).  A field left out of a config.json has
+# UNet2DModel's default, so the defaults are part of the reading.
+DIFFUSERS_DEFAULTS: dict[str, Any] = {
+    "sample_size": None, "in_channels": 3, "out_channels": 3, "center_input_sample": False,
+    "time_embedding_type": "positional", "time_embedding_dim": None, "freq_shift": 0, "flip_sin_to_cos": True,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
+    "mid_block_type": "UNetMidBlock2D",
+    "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [224, 448, 672, 896], "layers_per_block": 2, "mid_block_scale_factor": 1.0,
+    "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "dropout": 0.0, "act_fn": "silu",
+    "attention_head_dim": 8, "norm_num_groups": 32, "attn_norm_num_groups": None, "norm_eps": 1e-5,
+    "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None, "num_class_embeds": None,
+    "num_train_timesteps": None,
+}
+# Fields that do not change what a skip-block UNet2DModel with Fourier features computes:
+# flip_sin_to_cos, freq_shift (read only by the "positional" time embedding; the Fourier
+# projection is built without them), downsample_padding, downsample_type, upsample_type (the skip
+# blocks resample with fixed FIR filters and never receive them), num_train_timesteps (only the
+# "learned" embedding reads it).  dropout changes training only: it is carried over.  Keys that
+# start with "_" (_class_name is checked, _diffusers_version, _name_or_path) are bookkeeping.
+DIFFUSERS_UNUSED = ("flip_sin_to_cos", "freq_shift", "downsample_padding", "downsample_type", "upsample_type",
+                    "num_train_timesteps")
 SKIP_DOWN = ("SkipDownBlock2D", "AttnSkipDownBlock2D")
 SKIP_UP = ("SkipUpBlock2D", "AttnSkipUpBlock2D")
+DIFFUSERS_FIXED = dict(resblock_type="biggan", fir=True, fir_kernel=(1, 3, 3, 1),
+                       skip_rescale=True, progressive="output_skip", progressive_input="input_skip",
+                       progressive_combine="sum", embedding_type="fourier", fourier_scale=16.0, conditional=True,
+                       num_classes=0)
 
 
-def check_diffusers_config(cfg: dict[str, Any], model: nn.Module) -> None:
-  """Raises PretrainedMismatch unless the diffusers config is the NCSN++ that ``model`` is."""
-  levels = len(model.ch_mult)
-  want = {
-      "block_out_channels": [model.nf * m for m in model.ch_mult],
-      "layers_per_block": model.num_res_blocks,
-      "in_channels": model.num_channels,
-      "out_channels": model.num_channels,
-      "time_embedding_type": "fourier",
-      "down_block_types": [SKIP_DOWN[int(model.image_size // 2**i in model.attn_resolutions)] for i in range(levels)],
-      "up_block_types": [SKIP_UP[int(model.image_size // 2**i in model.attn_resolutions)]
-                         for i in reversed(range(levels))],
-  }
-  for key, value in want.items():
-    got = cfg.get(key)
-    if (list(got) if isinstance(got, (list, tuple)) else got) != value:
-      raise PretrainedMismatch(f"config.json {key}={got!r} but the config's network needs {value!r} "
-                               "(wrong --config for this model?).")
-  fixed = dict(resblock_type="biggan", fir=True, fir_kernel=(1, 3, 3, 1), skip_rescale=True,
-               progressive="output_skip", progressive_input="input_skip", progressive_combine="sum",
-               embedding_type="fourier", conditional=True, num_classes=0)
-  for field, value in fixed.items():
+def _refuse(field: str, value: Any, why: str) -> PretrainedMismatch:
+  return PretrainedMismatch(f"config.json {field}={json.dumps(value)}: {why}")
+
+
+def diffusers_fields(cfg: dict[str, Any], image_size: int | None = None) -> tuple[dict[str, Any], bool]:
+  """(NCSNpp fields without ``group_counts``, data.centered) of a diffusers config.json.
+
+  ``image_size``: a config's image side, used where ``sample_size`` is null (diffusers then runs
+  at any size); None: ``sample_size`` must say it.
+
+  Raises:
+    PretrainedMismatch: one line naming the first field whose network score_jax's NCSN++ cannot
+      compute: the field, the folder's value, what score_jax would compute instead.
+  """
+  unknown = sorted(k for k in cfg if not k.startswith("_") and k not in DIFFUSERS_DEFAULTS)
+  if unknown:
+    raise _refuse(unknown[0], cfg[unknown[0]], "not a UNet2DModel field of diffusers 0.42; score_jax cannot tell "
+                  "what it changes and reads none it does not know (remove it if your diffusers ignores it).")
+  c = DIFFUSERS_DEFAULTS | {k: v for k, v in cfg.items() if not k.startswith("_")}
+  if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
+    raise _refuse("_class_name", cfg["_class_name"], "score_jax converts diffusers' UNet2DModel (NCSN++ with skip "
+                  "blocks) only.")
+  down, up, widths = list(c["down_block_types"]), list(c["up_block_types"]), list(c["block_out_channels"])
+  levels = len(widths)
+  for field, types, allowed in (("down_block_types", down, SKIP_DOWN), ("up_block_types", up, SKIP_UP)):
+    bad = [t for t in types if t not in allowed]
+    if bad or len(types) != levels:
+      raise _refuse(field, types, f"score_jax's NCSN++ is the skip-block U-Net: {levels} entries (one per "
+                    f"block_out_channels), each {' or '.join(allowed)}.")
+  attn = [t == "AttnSkipDownBlock2D" for t in down]
+  if [t == "AttnSkipUpBlock2D" for t in reversed(up)] != attn:
+    raise _refuse("up_block_types", up, f"attention at other levels than down_block_types; score_jax's "
+                  f"attn_resolutions put it at the same levels on both paths ({list(reversed([SKIP_UP[a] for a in attn]))}).")
+  nf = widths[0]
+  if not all(isinstance(w, int) and w > 0 and w % nf == 0 for w in widths):
+    raise _refuse("block_out_channels", widths, f"score_jax's levels have nf · ch_mult[i] channels: every width must "
+                  f"be a multiple of the first ({nf}).")
+  if c["time_embedding_type"] != "fourier":
+    raise _refuse("time_embedding_type", c["time_embedding_type"], "score_jax's skip-block NCSN++ embeds log σ with "
+                  "Fourier features ('fourier') and divides its output by σ.")
+  if c["time_embedding_dim"] not in (None, 4 * nf):
+    raise _refuse("time_embedding_dim", c["time_embedding_dim"], f"score_jax's embedding is 4 · nf = {4 * nf} wide.")
+  for field in ("in_channels", "out_channels"):
+    if c[field] != 3:
+      raise _refuse(field, c[field], "diffusers' skip blocks have 3-channel skip convolutions, so only RGB "
+                    "networks run; score_jax would build a 3-channel network.")
+  if c["mid_block_type"] != "UNetMidBlock2D":
+    raise _refuse("mid_block_type", c["mid_block_type"], "score_jax's NCSN++ has a middle block of resnet, "
+                  "attention, resnet ('UNetMidBlock2D').")
+  if c["add_attention"] is not True:
+    raise _refuse("add_attention", c["add_attention"], "the middle block would have no attention; score_jax's "
+                  "NCSN++ always has it.")
+  if not math.isclose(c["mid_block_scale_factor"], math.sqrt(2.0), rel_tol=1e-6):
+    raise _refuse("mid_block_scale_factor", c["mid_block_scale_factor"], "the middle block's residual sums would be "
+                  "divided by it; score_jax divides every residual sum by √2 (skip_rescale, as the skip blocks do).")
+  if not math.isclose(c["norm_eps"], 1e-6, rel_tol=1e-6):
+    raise _refuse("norm_eps", c["norm_eps"], "score_jax's GroupNorms add ε = 1e-6.")
+  if c["resnet_time_scale_shift"] != "default":
+    raise _refuse("resnet_time_scale_shift", c["resnet_time_scale_shift"], "score_jax's blocks add the embedding "
+                  "as a bias ('default'); no score_jax network scales and shifts by it.")
+  if str(c["act_fn"]).lower() not in ("silu", "swish"):
+    raise _refuse("act_fn", c["act_fn"], "score_jax's NCSN++ uses SiLU ('silu') in every block.")
+  head = c["attention_head_dim"]
+  for width in [w for w, a in zip(widths, attn) if a] + [widths[-1]]:  # the middle block has attention too
+    if head is not None and head != width:
+      raise _refuse("attention_head_dim", head, f"{width // head if head else 0} heads of {head} channels at "
+                    f"{width} channels; score_jax's NCSN++ attention has one head (null, or the width).")
+  if c["class_embed_type"] is not None or c["num_class_embeds"] is not None:
+    field = "class_embed_type" if c["class_embed_type"] is not None else "num_class_embeds"
+    raise _refuse(field, c[field], "a class embedding; score_jax converts unconditional diffusers networks only.")
+  size = c["sample_size"] if c["sample_size"] is not None else image_size
+  if isinstance(size, (list, tuple)):
+    if len(size) != 2 or size[0] != size[1]:
+      raise _refuse("sample_size", size, "score_jax's networks are square.")
+    size = size[0]
+  if not (isinstance(size, int) and size > 0 and size % 2 ** (levels - 1) == 0):
+    raise _refuse("sample_size", size, f"score_jax needs the image side, a multiple of 2^{levels - 1} "
+                  f"({levels} levels).")
+  dropout = c["dropout"]
+  if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+    raise _refuse("dropout", dropout, "must lie in [0, 1).")
+  if not (layers.is_int(c["layers_per_block"]) and c["layers_per_block"] >= 1):
+    raise _refuse("layers_per_block", c["layers_per_block"], "score_jax needs an integer >= 1 (blocks per level).")
+  fields = dict(DIFFUSERS_FIXED, nf=nf, ch_mult=tuple(w // nf for w in widths), num_res_blocks=int(c["layers_per_block"]),
+                attn_resolutions=tuple(size // 2**i for i in range(levels) if attn[i]), dropout=float(dropout),
+                image_size=size, num_channels=3, resamp_with_conv=True, init_scale=0.0)
+  # center_input_sample=True: diffusers maps x to 2x − 1 first, as score_sde's conditioning does
+  # for uncentered data; False: x is taken as given, as for centered data.
+  return fields, not bool(c["center_input_sample"])
+
+
+def _diffusers_group_count(cfg: dict[str, Any], name: str, channels: int) -> int:
+  """The groups diffusers' UNet2DModel gives the GroupNorm ``name`` (of ``channels`` channels)."""
+  c = DIFFUSERS_DEFAULTS | cfg
+  default = min(channels // 4, 32)
+  norm_groups = c["norm_num_groups"]
+  parts = name.split(".")
+  if name == "conv_norm_out" or parts[0] == "mid_block" and parts[1] == "resnets":
+    return norm_groups if norm_groups is not None else default
+  if parts[0] == "mid_block":  # the middle attention
+    attn_groups = c["attn_norm_num_groups"]
+    return attn_groups if attn_groups is not None else (norm_groups if norm_groups is not None else default)
+  if parts[2] == "attentions":  # the skip blocks' attention norms
+    return 32
+  if parts[0] == "up_blocks" and parts[2] == "resnets" and parts[4] == "norm1" and \
+      c["up_block_types"][int(parts[1])] == "AttnSkipUpBlock2D":
+    # AttnSkipUpBlock2D computes its resnets' first groups as min(resnet_in + skip // 4, 32).
+    i, j, n = int(parts[1]), int(parts[3]), int(c["layers_per_block"]) + 1
+    rev = list(reversed(c["block_out_channels"]))
+    out, prev, below = rev[i], rev[max(i - 1, 0)], rev[min(i + 1, len(rev) - 1)]
+    return min((prev if j == 0 else out) + (below if j == n - 1 else out) // 4, 32)
+  return default
+
+
+def diffusers_group_counts(cfg: dict[str, Any], model: nn.Module) -> dict[str, int]:
+  """{score_jax norm path: groups} where diffusers' UNet2DModel of ``cfg`` has other GroupNorm groups
+  than NCSN++'s min(C/4, 32), for ``model`` (an NCSNpp with the folder's other fields).
+
+  Raises:
+    PretrainedMismatch: a count that does not divide its norm's channels (diffusers could not
+      build the folder's network either).
+  """
+  shapes = target_shapes(model)
+  counts = {}
+  for path, name, _ in _diffusers_names(model, shapes):
+    if path[-1] != "scale" or not path[-2].startswith("GroupNorm"):
+      continue
+    channels, norm = shapes[path][0], name.rsplit(".", 1)[0]
+    groups = _diffusers_group_count(cfg, norm, channels)
+    if groups < 1 or channels % groups:
+      field = "norm_num_groups" if "mid_block" in name or "conv_norm_out" in name else "block_out_channels"
+      raise _refuse(field, cfg.get(field, DIFFUSERS_DEFAULTS[field]), f"diffusers' {norm} would have {groups} "
+                    f"groups for {channels} channels, which do not divide them (torch refuses it too).")
+    if groups != layers.num_groups(channels):
+      counts["/".join(path[:-1])] = groups
+  return counts
+
+
+def diffusers_network(cfg: dict[str, Any]) -> tuple[nn.Module, bool]:
+  """(the score_jax NCSNpp that computes what the folder's UNet2DModel computes, data.centered).
+
+  The group counts diffusers uses where they differ from NCSN++'s min(C/4, 32) — the skip blocks'
+  attention norms (always 32), ``AttnSkipUpBlock2D``'s first resnet norms, and the middle block
+  and output norm (``norm_num_groups``, ``attn_norm_num_groups``) — become ``group_counts``.
+
+  Raises:
+    PretrainedMismatch: a field score_jax cannot compute (``diffusers_fields``, ``diffusers_group_counts``).
+  """
+  from score_jax import models  # pylint: disable=import-outside-toplevel  (models import layers only)
+
+  fields, centered = diffusers_fields(cfg)
+  model = models.get_model("ncsnpp", **fields)
+  counts = diffusers_group_counts(cfg, model)
+  return (model.clone(group_counts=counts) if counts else model), centered
+
+
+# The NCSNpp fields a diffusers folder sets, compared with a --config's network.
+_COMPARED = ("nf", "ch_mult", "num_res_blocks", "attn_resolutions", "image_size", "num_channels", *DIFFUSERS_FIXED,
+             "group_counts")
+# Which config.json field sets which score_jax field (for messages).
+_SOURCE = {"nf": "block_out_channels", "ch_mult": "block_out_channels", "num_res_blocks": "layers_per_block",
+           "attn_resolutions": "down_block_types", "image_size": "sample_size", "num_channels": "in_channels",
+           "group_counts": "norm_num_groups"}
+
+
+def check_diffusers_config(cfg: dict[str, Any], model: nn.Module, centered: bool | None = None) -> None:
+  """Raises PretrainedMismatch unless ``model`` (and ``centered``, when given) is what the folder computes."""
+  fields, want_centered = diffusers_fields(cfg, image_size=model.image_size)
+  for field in _COMPARED:  # group_counts last: they are read off the network the other fields make
     got = getattr(model, field)
-    if (tuple(got) if isinstance(got, (list, tuple)) else got) != value:
-      raise PretrainedMismatch(f"config.model.network.{field}={got!r}, but a diffusers NCSN++ (skip blocks) has "
-                               f"{value!r}.")
-  eps = cfg.get("norm_eps", 1e-5)
-  if not math.isclose(eps, 1e-6):
-    raise PretrainedMismatch(f"config.json norm_eps={eps} but NCSN++ normalizes with 1e-6.")
-  mid = cfg.get("mid_block_scale_factor", 1.0)
-  if not math.isclose(mid, math.sqrt(2.0), rel_tol=1e-6):
-    raise PretrainedMismatch(f"config.json mid_block_scale_factor={mid} but NCSN++ rescales skips by sqrt(2).")
+    need = (tuple(sorted(diffusers_group_counts(cfg, model.clone(group_counts=())).items()))
+            if field == "group_counts" else fields[field])
+    if got != need:
+      source = _SOURCE.get(field, "down_block_types")
+      shown = cfg.get(source, DIFFUSERS_DEFAULTS.get(source))
+      raise _refuse(source, shown, f"the folder's network has {field}={need!r} but the config's has {got!r}; set "
+                    f"config.model.network.{field}, or convert without --config and the converter writes the config.")
+  if centered is not None and centered != want_centered:
+    value = cfg.get("center_input_sample", False)
+    raise _refuse("center_input_sample", value, f"the network takes {'2x − 1' if value else 'x as given'}, which is "
+                  f"score_jax's data.centered={want_centered}; the config has centered={centered} (set "
+                  f"--config.data.centered={want_centered}).")
 
 
 def _diffusers_names(model: nn.Module,
@@ -478,31 +680,47 @@ def name_map(fmt: str, model: nn.Module) -> tuple[Iterator[tuple[tuple[str, ...]
   raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}.")
 
 
-def convert(src: str, model: nn.Module, *, params: str = "ema") -> tuple[dict[str, Any], dict[str, Any]]:
-  """Reads a score_sde checkpoint or a diffusers folder into ``model``'s parameter tree.
+def convert(src: str, model: nn.Module | None = None, *, params: str = "ema",
+            centered: bool | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads a score_sde checkpoint or a diffusers folder into a score_jax NCSN++ parameter tree.
 
   Args:
     src: a score_sde ``checkpoint_<n>`` file or a diffusers model folder.
-    model: the score_jax ``NCSNpp`` the weights are meant for (from the config).
+    model: the score_jax ``NCSNpp`` the weights are meant for (from a config); None for a
+      diffusers folder: the network its config.json describes (``diffusers_network``).
     params: score_sde only: "ema" (``params_ema``) or "raw" (``optimizer.target``).
+    centered: the config's ``data.centered``, checked against a diffusers folder's
+      ``center_input_sample`` (None: not checked; with ``model=None`` it is derived).
 
   Returns:
-    (params tree of numpy float32 arrays, meta: format, source, step, params).
+    (params tree of numpy float32 arrays, meta: format, source, step, params, conditioning,
+    network (the NCSNpp's fields), and for diffusers folders centered).
 
   Raises:
-    PretrainedMismatch: the file does not fit ``model`` (one line naming the first array).
+    PretrainedMismatch: the file does not fit ``model`` (one line naming the first array), or a
+      diffusers config.json field that score_jax cannot compute (one line naming the field).
   """
   fmt = detect_format(src)
   if fmt == "export":
     raise ValueError(f"{src} is already a converted export; pass it as --config.model.pretrained.")
-  pairs, shapes = name_map(fmt, model)
+  extra: dict[str, Any] = {}
   if fmt == "score_sde":
+    if model is None:
+      raise ValueError(f"{src} is a score_sde checkpoint, whose file does not say its network: pass --config "
+                       "(README, Published checkpoints, lists the config of each release).")
+    pairs, shapes = name_map(fmt, model)
     flat, step = read_score_sde(src, params=params)
     arrays = {"/".join(k): v for k, v in flat.items()}
     tree = _assemble(pairs, arrays, shapes, os.path.basename(src))
   else:
-    cfg, arrays = read_diffusers(src)
-    check_diffusers_config(cfg, model)
+    cfg = read_diffusers_config(src)  # every field is checked before an array is read
+    if model is None:
+      model, centered = diffusers_network(cfg)
+    else:
+      check_diffusers_config(cfg, model, centered)
+    extra["centered"] = bool(centered) if centered is not None else not cfg.get("center_input_sample", False)
+    pairs, shapes = name_map(fmt, model)
+    _, arrays = read_diffusers(src)
     for old, new in _DIFFUSERS_LEGACY.items():
       arrays = {k.replace(old, new): v for k, v in arrays.items()}
     if "time_proj.W" in arrays:  # old files keep the Fourier frequencies twice
@@ -513,8 +731,26 @@ def convert(src: str, model: nn.Module, *, params: str = "ema") -> tuple[dict[st
     step = 0
     tree = _assemble(pairs, arrays, shapes, os.path.basename(os.path.normpath(src)))
   meta = {"format": fmt, "source": os.path.abspath(src), "step": step,
-          "params": params if fmt == "score_sde" else "ema", "conditioning": CONDITIONING}
+          "params": params if fmt == "score_sde" else "ema", "conditioning": CONDITIONING,
+          "network": network_record(model), **extra}
   return tree, meta
+
+
+# NCSNpp fields that are how it runs, not what it computes: never recorded.
+_NOT_RECORDED = ("dtype", "remat", "parent", "name")
+
+
+def network_record(model: nn.Module) -> dict[str, Any]:
+  """The fields of an NCSNpp as JSON values (tuples become lists), for pretrained.json and config files."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+
+  record = {}
+  for f in dataclasses.fields(model):
+    if f.name in _NOT_RECORDED:
+      continue
+    value = getattr(model, f.name)
+    record[f.name] = json.loads(json.dumps(value))  # tuples -> lists
+  return record
 
 
 # ---- exports ------------------------------------------------------------------------------------
@@ -526,21 +762,100 @@ def read_meta(path: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def export(src: str, model: nn.Module, out: str, *, params: str = "ema", centered: bool = False,
+CONFIG_FILE = "config.py"  # what `export` writes beside a diffusers export converted without a config
+
+
+def export(src: str, model: nn.Module | None, out: str, *, params: str = "ema", centered: bool | None = None,
            config_path: str = "") -> str:
   """Converts ``src`` and writes ``<out>/ema/<step>`` (Orbax) and ``<out>/pretrained.json``; never overwrites.
+
+  With ``model=None`` (a diffusers folder converted without a config) the network comes from
+  its config.json and ``<out>/config.py`` is written: a config that ``main.py --config=`` loads
+  and that samples the export (``derived_config_text``).
 
   Returns:
     The export's path.
   """
-  if os.path.exists(os.path.join(out, META_FILE)) or checkpointing.exported_steps(out):
+  written = [os.path.join(out, META_FILE)] + ([os.path.join(out, CONFIG_FILE)] if model is None else [])
+  if any(os.path.exists(p) for p in written) or checkpointing.exported_steps(out):
     raise FileExistsError(f"{out} already holds an export; choose another --out (nothing was overwritten).")
-  tree, meta = convert(src, model, params=params)
+  tree, meta = convert(src, model, params=params, centered=centered)
+  text = derived_config_text(src, out, meta) if model is None else None
   path = checkpointing.export_params(out, meta["step"], tree)
-  meta.update(centered=bool(centered), config=config_path, num_params=int(sum(v.size for v in jax.tree.leaves(tree))))
+  meta.update(centered=bool(meta.get("centered", centered)), config=config_path or (
+      os.path.join(os.path.abspath(out), CONFIG_FILE) if text else ""),
+      num_params=int(sum(v.size for v in jax.tree.leaves(tree))))
   with open(os.path.join(out, META_FILE), "w") as f:
     json.dump(meta, f, indent=2)
+  if text is not None:
+    with open(os.path.join(out, CONFIG_FILE), "x") as f:
+      f.write(text)
   return path
+
+
+def read_scheduler(src: str) -> dict[str, Any]:
+  """A diffusers ``ScoreSdeVeScheduler`` config beside the model folder (``scheduler_config.json`` in
+  it, or ``../scheduler/scheduler_config.json`` of a pipeline), or {} when there is none."""
+  folder = os.path.normpath(src)
+  for path in (os.path.join(folder, "scheduler_config.json"),
+               os.path.join(os.path.dirname(folder), "scheduler", "scheduler_config.json")):
+    if os.path.exists(path):
+      with open(path) as f:
+        cfg = json.load(f)
+      if cfg.get("_class_name") == "ScoreSdeVeScheduler":
+        return cfg
+  return {}
+
+
+def derived_config_text(src: str, out: str, meta: dict[str, Any]) -> str:
+  """The text of ``<out>/config.py``: configs/default_ve.py with the folder's network, image size,
+  centring, score_sde's conditioning and ``model.pretrained`` set; σ_min, σ_max, the sampler's
+  steps and snr from a ScoreSdeVeScheduler config beside the folder when there is one."""
+  net = meta["network"]
+  sched = read_scheduler(src)
+  sde = {"sigma_min": float(sched.get("sigma_min", 0.01)), "sigma_max": float(sched.get("sigma_max", 50.0))}
+  pc = {"num_steps": int(sched.get("num_train_timesteps", 1000)), "snr": float(sched.get("snr", 0.16))}
+  where = ("from its ScoreSdeVeScheduler config" if sched else
+           "configs/default_ve.py's: no ScoreSdeVeScheduler config was found beside the folder; set "
+           "config.sde.ve.sigma_max to the largest distance between training images")
+  about = textwrap.fill(f"The network is the folder's UNet2DModel; σ_min / σ_max and the sampler's steps and snr are "
+                        f"{where}.  --mode=sample reads no data; --mode=eval compares with the training images: "
+                        "set --config.data.path to their folder.", 100)
+  name = os.path.basename(os.path.normpath(src)) or "diffusers"
+  network = {k: tuple(tuple(p) for p in v) if k == "group_counts" else tuple(v) if isinstance(v, list) else v
+             for k, v in net.items() if k not in ("image_size", "num_channels", "num_classes")}
+  return f'''"""score_jax config of the diffusers folder {meta["source"]},
+derived from its config.json by `python -m score_jax.pretrained` (score_jax/pretrained.py reads
+every architecture field of it).
+
+    python main.py --config={os.path.join(os.path.abspath(out), CONFIG_FILE)} --workdir=<new folder> --mode=sample
+
+{about}
+"""
+
+import ml_collections
+
+from configs import default_ve
+
+NETWORK = {pprint.pformat(network, width=110, sort_dicts=False)}
+
+
+def get_config(variant: str = ""):
+  if variant:
+    raise ValueError(f"{{__file__}}: the converted network has one size; no variant {{variant!r}}.")
+  config = default_ve.get_config()
+  config.sde.ve.update({sde!r})
+  data = config.data
+  data.kind, data.name, data.path = "folder", {name!r}, ""
+  data.image_size = {net["image_size"]!r}
+  data.centered = {bool(meta["centered"])!r}  # config.json center_input_sample={not meta["centered"]}
+  data.options.channels = {net["num_channels"]!r}
+  config.model.network = ml_collections.ConfigDict(NETWORK)
+  config.model.pretrained = {os.path.abspath(out)!r}
+  config.model.conditioning = {CONDITIONING!r}
+  config.sampling.pc.update({pc!r})
+  return config
+'''
 
 
 def check_export(path: str, target: dict[tuple[str, ...], tuple[int, ...]]) -> dict[str, Any]:
@@ -579,21 +894,35 @@ def load_export(path: str, target: Any) -> Any:
 
 
 def main(argv: Any) -> None:
-  """CLI: --src (score_sde checkpoint file or diffusers folder) --config --out DIR [--params ema|raw]."""
+  """CLI: --src (score_sde checkpoint file or diffusers folder) [--config] --out DIR [--params ema|raw].
+
+  Every refusal — a config.json field, an array, a file — is one line on stderr, exit status 2.
+  """
+  import sys  # pylint: disable=import-outside-toplevel
+
   from absl import flags  # pylint: disable=import-outside-toplevel
 
   from score_jax import experiment  # pylint: disable=import-outside-toplevel
 
   del argv
   fl = flags.FLAGS
-  model, centered = experiment.conversion_target(fl.config)
-  path = export(fl.src, model, fl.out, params=fl.params, centered=centered, config_path=fl["config"].config_filename)
+  config_path = fl["config"].config_filename if fl.config is not None else ""
+  try:
+    model, centered = experiment.conversion_target(fl.config) if fl.config is not None else (None, None)
+    path = export(fl.src, model, fl.out, params=fl.params, centered=centered, config_path=config_path)
+  except (ValueError, OSError, pickle.UnpicklingError) as e:  # PretrainedMismatch and ConfigError are ValueErrors
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
   meta = read_meta(fl.out)
   print(f"Wrote {meta['num_params']:,} parameters ({meta['format']}, {meta['params']}, step {meta['step']}) "
-        f"to {path}.\n"
-        f"Sample with: python main.py --config={fl['config'].config_filename} [the same --config.* overrides] "
-        f"--workdir=<new folder> --mode=sample --config.model.pretrained={os.path.abspath(fl.out)} "
-        f"--config.model.conditioning={CONDITIONING}")
+        f"to {path}.")
+  if config_path:
+    print(f"Sample with: python main.py --config={config_path} [the same --config.* overrides] "
+          f"--workdir=<new folder> --mode=sample --config.model.pretrained={os.path.abspath(fl.out)} "
+          f"--config.model.conditioning={CONDITIONING}")
+  else:
+    print(f"Wrote its config to {meta['config']}.\n"
+          f"Sample with: python main.py --config={meta['config']} --workdir=<new folder> --mode=sample")
 
 
 if __name__ == "__main__":
@@ -602,9 +931,10 @@ if __name__ == "__main__":
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
   config_flags.DEFINE_config_file("config", None, "The score_jax config the checkpoint belongs to (e.g. "
-                                  "configs/ve/celebahq_256.py).", lock_config=False)
+                                  "configs/ve/celebahq_256.py); a diffusers folder needs none: its config.json "
+                                  "sets the network and <out>/config.py is written.", lock_config=False)
   flags.DEFINE_string("src", None, "score_sde checkpoint file (checkpoint_<n>) or diffusers model folder.")
   flags.DEFINE_string("out", None, "New folder for the export (<out>/ema/<step>, <out>/pretrained.json).")
   flags.DEFINE_enum("params", "ema", list(PARAMS), "score_sde: params_ema (ema) or optimizer.target (raw).")
-  flags.mark_flags_as_required(["config", "src", "out"])
+  flags.mark_flags_as_required(["src", "out"])
   app.run(main)

@@ -14,6 +14,7 @@ import gzip
 import importlib
 import json
 import pathlib
+import re
 import shutil
 import sys
 from typing import Any
@@ -26,6 +27,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import run_main
+from score_jax import config_files
 from score_jax import experiment
 from score_jax import models
 from score_jax import pretrained
@@ -324,3 +326,211 @@ def test_diffusers_published_networks_map_onto_configs(name):
   pretrained.check_diffusers_config(entry["config"], model)
   pairs = pretrained._diffusers_names(model, shapes)  # pylint: disable=protected-access
   pretrained.plan(pairs, {k: tuple(v) for k, v in entry["shapes"].items()}, shapes, name)
+
+
+# ---- diffusers' config.json, field by field ------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def fields_fixture() -> dict:
+  """tools/pretrained_fixtures.py diffusers_fields: small UNet2DModels run by diffusers."""
+  with gzip.open(FIXTURES / "diffusers_fields.json.gz", "rt") as f:
+    return json.load(f)
+
+
+def fields_folder(path: pathlib.Path, name: str) -> str:
+  """The folder of a "match" case: its config.json and its weights, drawn from the stored seed."""
+  fx = fields_fixture()
+  case = fx["match"][name]
+  path.mkdir()
+  (path / "config.json").write_text(json.dumps(case["config"] | {"_class_name": "UNet2DModel"}))
+  save_file(pretrained_fixtures.deterministic_weights(case["manifest"], fx["seed"]),
+            str(path / "diffusion_pytorch_model.safetensors"))
+  return str(path)
+
+
+@pytest.mark.parametrize("name", ["base", "narrow4", "center_input", "norm_groups", "layers2_attn_everywhere"])
+def test_diffusers_fields_match_diffusers(name, tmp_path):
+  """Converted without a config (the network from config.json alone), the folder's network under
+  score_sde's conditioning is diffusers' UNet2DModel: narrow widths (group counts diffusers sets
+  differently from min(C/4, 32)), norm_num_groups / attn_norm_num_groups, center_input_sample
+  True (the base has False), two blocks per level, attention at every level."""
+  fx = fields_fixture()
+  params, meta = pretrained.convert(fields_folder(tmp_path / name, name))
+  model = models.get_model("ncsnpp", **meta["network"])
+  assert meta["centered"] is (not fx["match"][name]["config"]["center_input_sample"])
+  if name in ("narrow4", "norm_groups"):
+    assert model.group_counts  # diffusers' counts differ from NCSN++'s here
+  sde = sde_lib.get_sde("ve", **fx["sde"])
+  forward = experiment.forward(model)  # one compile per network: center_input shares base's
+  apply = lambda p, x, c: forward(p, x, c, None, None, False)  # noqa: E731
+  with jax.enable_x64(True):
+    score = score_fn_lib.get_score_fn(sde, apply, f64(params), conditioning="score_sde", centered=meta["centered"])(
+        jnp.asarray(fx["x"], jnp.float64), jnp.asarray(fx["t"], jnp.float64))
+  assert rel_err(score, np.asarray(fx["match"][name]["score"])) < RTOL
+
+
+def test_diffusers_group_counts_are_needed():
+  """Without the group counts (NCSN++'s min(C/4, 32) everywhere) the narrow folder's network differs."""
+  fx = fields_fixture()
+  cfg = fx["match"]["narrow4"]["config"]
+  model, _ = pretrained.diffusers_network(cfg)
+  counts = dict(model.group_counts)
+  assert counts["AttnBlock_0/GroupNorm_0"] == 32 and counts["GroupNorm_3"] == 32  # attention, output norm
+  plain = models.get_model("ncsnpp", **(pretrained.network_record(model) | {"group_counts": ()}))
+  with pytest.raises(pretrained.PretrainedMismatch) as e:
+    pretrained.check_diffusers_config(cfg, plain)
+  assert "norm_num_groups=32" in one_line(e) and "group_counts" in str(e.value)
+
+
+def test_diffusers_every_field_matches_or_refuses():
+  """No silent path: every UNet2DModel field, perturbed in turn, either converts to a network that
+  computes what diffusers computes (the "match" cases above; the "same" fields change nothing
+  diffusers computes — the fixture script checked it — and convert to the base's network) or is
+  refused in one line naming the field and the folder's value."""
+  fx = fields_fixture()
+  base = fx["base"]
+  tried = set(base) | {k for case in fx["match"].values() for k in case["config"]} | set(fx["same"]) | set(fx["refuse"])
+  assert tried >= set(pretrained.DIFFUSERS_DEFAULTS), set(pretrained.DIFFUSERS_DEFAULTS) - tried
+  want, want_centered = pretrained.diffusers_fields(base)
+  for field, value in fx["same"].items():  # (group counts read none of these fields)
+    got, centered = pretrained.diffusers_fields(base | {field: value})
+    assert centered == want_centered
+    assert got == (want | {"dropout": value} if field == "dropout" else want), field
+  for field, value in fx["refuse"].items():
+    with pytest.raises(pretrained.PretrainedMismatch) as e:
+      pretrained.diffusers_network(base | {field: value})
+    assert one_line(e).startswith(f"config.json {field}={json.dumps(value)}: "), str(e.value)
+    effect = fx["refuse_effect"][field]  # what diffusers does with it: another output, or no network at all
+    assert isinstance(effect, str) or effect > 1e-5, (field, effect)
+  # Also: one head at the attention level (32 channels) is two in the 64-channel middle block; no size.
+  for field, value in (("_class_name", "UNet2DConditionModel"), ("cross_attention_dim", 768),
+                       ("attention_head_dim", 32), ("sample_size", None)):
+    with pytest.raises(pretrained.PretrainedMismatch) as e:
+      pretrained.diffusers_fields(base | {field: value} | ({"down_block_types": ["AttnSkipDownBlock2D", "SkipDownBlock2D"],
+                                  "up_block_types": ["SkipUpBlock2D", "AttnSkipUpBlock2D"]} if value == 32 else {}))
+    assert one_line(e).startswith(f"config.json {field}="), str(e.value)
+
+
+def test_diffusers_config_checks_centring():
+  """With a config, center_input_sample is checked against config.data.centered (its opposite);
+  sample_size null (diffusers runs at any size) takes the config's image size."""
+  base = fields_fixture()["base"]
+  model, centered = pretrained.diffusers_network(base)
+  pretrained.check_diffusers_config(base | {"sample_size": None}, model)
+  assert centered is True  # center_input_sample=False: the network takes x as given
+  pretrained.check_diffusers_config(base, model, True)
+  with pytest.raises(pretrained.PretrainedMismatch) as e:
+    pretrained.check_diffusers_config(base, model, False)
+  assert one_line(e).startswith("config.json center_input_sample=false: ") and "data.centered=True" in str(e.value)
+
+
+def readme_commands() -> list[list[str]]:
+  """The command lines of README's "Published checkpoints" section, as argument lists."""
+  import shlex  # pylint: disable=import-outside-toplevel
+  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  section = readme.split("## Published checkpoints", 1)[1].split("\n## ", 1)[0]
+  text = re.sub(r"\\\n\s*", "", section)  # continuation lines joined
+  return [shlex.split(line.strip()) for line in text.splitlines()
+          if line.startswith("    python ")]
+
+
+def substitute(cmd: list[str], values: dict[str, str]) -> list[str]:
+  """``cmd`` with the flags in ``values`` given those values (``{"--src": ...}``), for the test's paths."""
+  out = []
+  for arg in cmd:
+    flag = arg.split("=", 1)[0]
+    out.append(f"{flag}={values[flag]}" if flag in values else arg)
+  return [sys.executable if out[0] == "python" else out[0], *out[1:]]
+
+
+# The celebahq_256 config shrunk to the ve_ncsnpp_skip fixture's network (the same block options).
+SKIP_FIXTURE = ("--config.data.image_size=8", "--config.model.network.nf=4", "--config.model.network.ch_mult=(1,2)",
+                "--config.model.network.num_res_blocks=1", "--config.model.network.attn_resolutions=(4,)")
+FAST_SAMPLING = ("--config.sampling.pc.num_steps=2", "--config.sampling.num_samples=4")
+
+
+def test_readme_published_commands_run_without_data(tmp_path):
+  """README's convert + sample commands run as written: the score_sde route with
+  configs/ve/celebahq_256.py (tfrecords, config.data.path unset: no data here) and the diffusers
+  route without --config, whose written config samples through main.py --mode=sample."""
+  (score_sde_convert, score_sde_sample, hf_convert, hf_sample) = readme_commands()
+  assert "--config=configs/ve/celebahq_256.py" in score_sde_convert and "--mode=sample" in score_sde_sample
+  assert not any(a.startswith("--config=") for a in hf_convert) and "--mode=sample" in hf_sample
+  out, work = tmp_path / "celebahq", tmp_path / "run"
+  src = str(FIXTURES / "ve_ncsnpp_skip" / "checkpoint_7")
+  proc = run_main.run([*substitute(score_sde_convert, {"--src": src, "--out": str(out)}), *SKIP_FIXTURE], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run_main.run([*substitute(score_sde_sample, {"--workdir": str(work), "--config.model.pretrained": str(out)}),
+                       *SKIP_FIXTURE, *FAST_SAMPLING], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads((work / "samples" / "0" / "metrics.json").read_text())["step"] == 7
+  # diffusers: a refusal first (one line, exit 2, the field named), then the folder as it is.
+  folder = fields_folder(tmp_path / "folder", "base")
+  bad = tmp_path / "bad"
+  shutil.copytree(folder, bad)
+  (bad / "config.json").write_text(json.dumps(json.loads((bad / "config.json").read_text()) | {"attention_head_dim": 8}))
+  hf_out, hf_work = tmp_path / "hf", tmp_path / "hf_run"
+  proc = run_main.run(substitute(hf_convert, {"--src": str(bad), "--out": str(hf_out)}), timeout=300)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+  assert proc.stderr.startswith("error: config.json attention_head_dim=8: ") and not hf_out.exists()
+  proc = run_main.run(substitute(hf_convert, {"--src": folder, "--out": str(hf_out)}), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = str(hf_out / "config.py")
+  assert f"--config={config}" in proc.stdout
+  proc = run_main.run([*substitute(hf_sample, {"--config": config, "--workdir": str(hf_work)}), *FAST_SAMPLING],
+                      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  x = np.load(hf_work / "samples" / "0" / "samples.npz")["samples"]
+  assert x.shape == (4, 8, 8, 3) and np.isfinite(x).all()
+
+
+@pytest.mark.parametrize("config_path", ["configs/ve/cifar10_ncsnpp_continuous.py", "configs/ve/church_256.py",
+                                         "configs/ve/ffhq_1024.py"])
+def test_sampling_an_export_opens_no_data(config_path, export_dir, monkeypatch):
+  """The other published configurations (TFDS, image folder; no data here; celebahq_256's
+  tfrecords: README's commands above) build for --mode=sample from an export without opening
+  their data: the export gives channels and labels."""
+  from score_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(pipeline, "get_dataset", lambda *a, **k: pytest.fail("the data were opened"))
+  config = config_files.load(config_path)
+  config.data.image_size = 8
+  config.model.network.update(nf=4, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                              progressive="none", progressive_input="residual")
+  config.model.update(pretrained=str(export_dir), conditioning="score_sde")
+  config.data.centered = False
+  setup = experiment.build(config, read_data=False)
+  assert setup.data_shape == (8, 8, 3) and setup.data.data_range == (0.0, 1.0)
+
+
+def test_group_counts_field_is_checked():
+  """NCSNpp.group_counts: (norm path, groups) pairs or a dict, stored sorted; bad entries fail in one line."""
+  model = models.get_model("ncsnpp", nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), image_size=8,
+                           group_counts={"GroupNorm_0": 4, "AttnBlock_0/GroupNorm_0": 8})
+  assert model.group_counts == (("AttnBlock_0/GroupNorm_0", 8), ("GroupNorm_0", 4))
+  for bad in ({"Conv_0/GroupNorm_0": 4}, {"GroupNorm_0": 0}, [("GroupNorm_0", 2), ("GroupNorm_0", 4)], 7):
+    with pytest.raises(ValueError, match=r"^NCSNpp.group_counts") as e:
+      models.get_model("ncsnpp", nf=8, ch_mult=(1,), image_size=8, attn_resolutions=(), group_counts=bad)
+    one_line(e)
+
+
+def test_written_config_takes_the_scheduler_beside_the_folder(tmp_path):
+  """<out>/config.py: the folder's network (group counts included), its centring, and σ_min, σ_max,
+  steps and snr of a ScoreSdeVeScheduler config in ../scheduler/ (a pipeline's layout)."""
+  cfg = fields_fixture()["match"]["narrow4"]["config"] | {"center_input_sample": True}
+  (tmp_path / "pipe" / "unet").mkdir(parents=True)
+  (tmp_path / "pipe" / "scheduler").mkdir()
+  (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+      {"_class_name": "ScoreSdeVeScheduler", "sigma_min": 0.01, "sigma_max": 348.0, "num_train_timesteps": 2000,
+       "snr": 0.15}))
+  model, centered = pretrained.diffusers_network(cfg)
+  meta = {"source": str(tmp_path / "pipe" / "unet"), "network": pretrained.network_record(model), "centered": centered}
+  path = tmp_path / "out" / "config.py"
+  path.parent.mkdir()
+  path.write_text(pretrained.derived_config_text(meta["source"], str(path.parent), meta))
+  config = config_files.load(str(path))
+  assert config.sde.ve.sigma_max == 348.0 and config.sampling.pc.num_steps == 2000 and config.sampling.pc.snr == 0.15
+  assert config.data.centered is False and config.data.image_size == 8 and config.model.conditioning == "score_sde"
+  assert config.model.pretrained == str(path.parent)
+  net = models.get_model("ncsnpp", **config.model.network.to_dict(), image_size=8)
+  assert net.group_counts == model.group_counts and net.ch_mult == (1, 2, 2, 4)

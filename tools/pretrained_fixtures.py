@@ -94,6 +94,44 @@ DIFFUSERS_CONFIG = dict(
     norm_num_groups=None, attention_head_dim=None, act_fn="silu")
 DIFFUSERS_SIGMAS = (0.05, 3.0)
 
+# The config.json fields one at a time (tests/test_pretrained.py, "no silent path"): a small base
+# folder (8×8, widths 32 and 64, attention at 4×4) and perturbations of it.  "match" cases are
+# converted and compared with diffusers' outputs; "same" cases change no computation (diffusers'
+# output is checked here to equal the base's) and must convert to the base's network; "refuse"
+# cases are checked here to change diffusers' output (or to fail to build in diffusers).
+FIELDS_BASE = dict(
+    sample_size=8, in_channels=3, out_channels=3, center_input_sample=False, time_embedding_type="fourier",
+    block_out_channels=[32, 64], layers_per_block=1, down_block_types=["SkipDownBlock2D", "AttnSkipDownBlock2D"],
+    up_block_types=["AttnSkipUpBlock2D", "SkipUpBlock2D"], mid_block_scale_factor=math.sqrt(2.0), norm_eps=1e-6,
+    norm_num_groups=None, attention_head_dim=None, act_fn="silu")
+FIELDS_MATCH = {
+    "base": {},
+    # The issue's 4-level narrow folder with diffusers' default norm_num_groups=32.
+    "narrow4": dict(block_out_channels=[32, 64, 64, 128], norm_num_groups=32,
+                    down_block_types=["SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D", "SkipDownBlock2D"],
+                    up_block_types=["SkipUpBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"]),
+    "center_input": dict(center_input_sample=True),
+    "norm_groups": dict(norm_num_groups=8, attn_norm_num_groups=4),
+    "layers2_attn_everywhere": dict(layers_per_block=2, down_block_types=["AttnSkipDownBlock2D"] * 2,
+                                    up_block_types=["AttnSkipUpBlock2D"] * 2),
+}
+FIELDS_SAME = {
+    "flip_sin_to_cos": False, "freq_shift": 1, "downsample_padding": 0, "downsample_type": "resnet",
+    "upsample_type": "resnet", "num_train_timesteps": 1000, "dropout": 0.1, "act_fn": "swish",
+    "time_embedding_dim": 128, "attention_head_dim": 64, "mid_block_type": "UNetMidBlock2D", "add_attention": True,
+    "resnet_time_scale_shift": "default", "class_embed_type": None,
+}
+FIELDS_REFUSE = {
+    "time_embedding_type": "positional", "time_embedding_dim": 64, "mid_block_scale_factor": 1.0, "norm_eps": 1e-5,
+    "resnet_time_scale_shift": "scale_shift", "add_attention": False, "attention_head_dim": 8, "act_fn": "gelu",
+    "class_embed_type": "timestep", "num_class_embeds": 10, "in_channels": 1, "out_channels": 1,
+    "mid_block_type": None, "block_out_channels": [32, 48],
+    "down_block_types": ["DownBlock2D", "AttnSkipDownBlock2D"],
+    "up_block_types": ["SkipUpBlock2D", "SkipUpBlock2D"],
+}
+FIELDS_TIMES = (0.3, 0.9)
+FIELDS_VE = dict(sigma_min=0.01, sigma_max=50.0)
+
 
 # score_sde's published continuous-time NCSN++ / DDPM++ configs -> score_jax's config (with overrides).
 PUBLISHED = {
@@ -361,9 +399,51 @@ def make_diffusers(out: str) -> None:
   print(f"{folder}: {len(tensors)} tensors")
 
 
+def make_diffusers_fields(out: str) -> None:
+  """``diffusers_fields.json.gz``: the FIELDS_* cases run by diffusers (see their comment)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from diffusers import UNet2DModel  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(SEED)
+  x = rng.uniform(0.0, 1.0, (2, 3, 8, 8)).astype(np.float32)  # [B, C, H, W] in [0, 1]
+  t = np.asarray(FIELDS_TIMES)
+  sigma = FIELDS_VE["sigma_min"] * (FIELDS_VE["sigma_max"] / FIELDS_VE["sigma_min"]) ** t  # score_sde's σ(t)
+
+  def run(config: dict[str, Any]) -> tuple[list, np.ndarray]:
+    model = UNet2DModel(**config).eval()
+    manifest = [[name, list(v.shape)] for name, v in model.state_dict().items()]
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in deterministic_weights(manifest).items()})
+    with torch.no_grad():  # float32 weights and inputs, evaluated in float64; out = the score (÷ σ inside)
+      y = model.double()(torch.from_numpy(x).double(), torch.from_numpy(sigma)).sample.numpy()
+    return manifest, y.transpose(0, 2, 3, 1)  # [B, H, W, C]
+
+  result = {"seed": SEED, "base": FIELDS_BASE, "x": x.transpose(0, 2, 3, 1).tolist(), "t": t.tolist(),
+            "sde": FIELDS_VE, "match": {}, "same": FIELDS_SAME, "refuse": FIELDS_REFUSE, "refuse_effect": {}}
+  base = None
+  for name, overrides in FIELDS_MATCH.items():
+    manifest, y = run(FIELDS_BASE | overrides)
+    base = y if name == "base" else base
+    result["match"][name] = {"config": FIELDS_BASE | overrides, "manifest": manifest, "score": y.tolist()}
+    print(f"{name}: {sum(int(np.prod(s)) for _, s in manifest):,} parameters")
+  for field, value in FIELDS_SAME.items():
+    _, y = run(FIELDS_BASE | {field: value})
+    err = float(np.max(np.abs(y - base)) / np.max(np.abs(base)))
+    assert err < 1e-12, (field, value, err)  # the field changes nothing diffusers computes
+  for field, value in FIELDS_REFUSE.items():
+    try:
+      _, y = run(FIELDS_BASE | {field: value})
+      effect = float(np.max(np.abs(y - base)) / np.max(np.abs(base))) if y.shape == base.shape else "shape"
+    except Exception as e:  # pylint: disable=broad-except  (diffusers cannot build or run it)
+      effect = f"diffusers fails: {type(e).__name__}"
+    result["refuse_effect"][field] = effect
+    print(f"refuse {field}={value!r}: {effect}")
+  _write_gz(os.path.join(out, "diffusers_fields.json.gz"), result)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("kind", choices=("score_sde", "diffusers", "score_sde_shapes", "diffusers_shapes"))
+  parser.add_argument("kind", choices=("score_sde", "diffusers", "score_sde_shapes", "diffusers_shapes",
+                                      "diffusers_fields"))
   parser.add_argument("--out", default="tests/fixtures/pretrained")
   parser.add_argument("--score_sde", help="a checkout of github.com/yang-song/score_sde (kind score_sde)")
   args = parser.parse_args()
@@ -376,6 +456,8 @@ def main() -> None:
     make_score_sde_shapes(args.score_sde, args.out)
   elif args.kind == "diffusers":
     make_diffusers(args.out)
+  elif args.kind == "diffusers_fields":
+    make_diffusers_fields(args.out)
   else:
     make_diffusers_shapes(args.out)
 

@@ -42,7 +42,7 @@ from score_jax import sde as sde_lib
 from score_jax import sharding as sharding_lib
 from score_jax import train_state as ts_lib
 from score_jax.experiment.checks import ConfigDict, ConfigError, as_dict, check, config_field, is_int, is_number
-from score_jax.experiment.data import Data, ImageData, build_data, build_sde
+from score_jax.experiment.data import IMAGE_KINDS, Data, ImageData, ImageLayout, build_data, build_sde, data_range
 from score_jax.experiment.state import abstract_batch, param_shapes
 
 Array = Any
@@ -337,7 +337,8 @@ def _network_fields(config: ConfigDict, data: Data) -> dict[str, Any]:
   return fields
 
 
-def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None, workdir: Optional[str] = None) -> Setup:
+def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None, workdir: Optional[str] = None,
+          read_data: bool = True) -> Setup:
   """Validates ``config`` and builds the SDE, data, network, optimizer, loss and sampler options.
 
   Nothing is compiled; the train step and the sampler are traced abstractly
@@ -347,6 +348,9 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None, workd
     config: the full config (sections sde, data, model, optim, training, sampling, seed).
     mesh: the device mesh; default ``sharding.make_mesh()`` over all devices.
     workdir: the run's folder, where an image folder's header scan is cached (``build_data``).
+    read_data: False for a mode that reads no data (``--mode=sample``): a converted export
+      (``config.model.pretrained``) then gives the image channels and labels and the data are
+      not opened (``export_layout``); a run of this project's opens its data as ever.
 
   Returns:
     The components.
@@ -365,7 +369,7 @@ def build(config: ConfigDict, *, mesh: Optional[jax.sharding.Mesh] = None, workd
         f"{accum} micro-batches on {mesh.size} device(s) need config.training.batch_size "
         f"({config.training.batch_size}) to be a multiple of grad_accum × devices = {accum * mesh.size}.")
   sde = build_sde(config)
-  data = build_data(config, workdir)
+  data = build_data(config, workdir, layout=None if read_data else export_layout(config))
   fields = _network_fields(config, data)
   with config_field("config.model"):
     model = models.get_model(config.model.name, **fields)
@@ -445,6 +449,27 @@ def _trace_loss(config: ConfigDict, setup: Setup) -> None:
     _TRACED.add(memo)
 
 
+def export_layout(config: ConfigDict) -> Optional[ImageLayout]:
+  """The image layout of ``config.model.pretrained``'s network (``pretrained.json``'s record):
+  ``config.data.image_size`` (else the export's), ``config.data.options.channels`` (else the
+  export's), the export's labels and ``config.data.centered``'s range.  None without an export
+  (or one written before the record existed, or toy data): then the data say it."""
+  path = str(config.model.get("pretrained", "") or "")
+  if not path or config.data.kind not in IMAGE_KINDS:
+    return None
+  try:
+    network = pretrained_lib.read_meta(path).get("network")
+  except (OSError, ValueError):  # not an export: _check_pretrained says so
+    return None
+  if not network:
+    return None
+  d = config.data
+  options = as_dict(d.get("options"))
+  return ImageLayout(image_size=int(d.get("image_size") or network["image_size"]),
+                     channels=int(options.get("channels", network["num_channels"])),
+                     num_classes=int(network.get("num_classes", 0)), data_range=data_range(d.get("centered", True)))
+
+
 def _check_pretrained(setup: Setup, params: Any) -> None:
   """``config.model.pretrained``: a converted export that fits the network and its conventions."""
   field, path = "config.model.pretrained", setup.pretrained
@@ -458,6 +483,11 @@ def _check_pretrained(setup: Setup, params: Any) -> None:
   check(setup.conditioning == want, "config.model.conditioning",
         f"is {setup.conditioning!r} but {path} holds a network trained with score_sde's conventions; add "
         f"--config.model.conditioning={want} (score_jax.score_fn documents both).")
+  counts = tuple(tuple(p) for p in meta.get("network", {}).get("group_counts", ()))
+  if "network" in meta and hasattr(setup.model, "group_counts"):
+    check(tuple(setup.model.group_counts) == tuple(sorted(counts)), "config.model.network.group_counts",
+          f"is {tuple(setup.model.group_counts)!r} but {path}'s network has {tuple(sorted(counts))!r} (GroupNorm groups "
+          f"that differ from min(C/4, 32)); use the config the converter wrote, {meta.get('config') or '<out>/config.py'}.")
   if "centered" in meta:
     check(bool(meta["centered"]) == setup.centered, "config.data.centered",
           f"is {setup.centered} but {path} was converted for centered={meta['centered']} data (its config "

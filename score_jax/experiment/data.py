@@ -51,20 +51,45 @@ class ToyData:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageLayout:
+  """What a network needs of image data, known without opening them.
+
+  Attributes:
+    image_size: H = W.
+    channels: C.
+    num_classes: labels (0: none).
+    data_range: (lo, hi) of the pixel values.
+  """
+
+  image_size: int
+  channels: int
+  num_classes: int
+  data_range: tuple[float, float]
+
+
+@dataclasses.dataclass(frozen=True)
 class ImageData:
   """An image dataset fed from the host.
 
   Attributes:
     name: the dataset's name.
-    train: the training split (``pipeline`` dataset: ``batch_at``, ``info``, ``data_range``).
+    open_train: ``() -> dataset``, the training split (``pipeline`` dataset: ``batch_at``,
+      ``info``, ``data_range``), opened once; ``train`` is its result.
     eval_split: name of the held-out split, built on demand by ``load_split``.
-    build_split: ``split -> dataset`` with the same options as ``train``.
+    build_split: ``split -> dataset`` with the same options as ``train`` (cached).
+    layout: set when the data were not opened (``build_data(layout=...)``): the shape, labels
+      and range then come from it, and ``train`` opens the data on first use.
   """
 
   name: str
-  train: Any
+  open_train: Callable[[], Any]
   eval_split: str
   build_split: Callable[[str], Any]
+  layout: Optional[ImageLayout] = None
+
+  @property
+  def train(self) -> Any:
+    return self.open_train()
 
   @property
   def info(self) -> Any:
@@ -72,16 +97,18 @@ class ImageData:
 
   @property
   def shape(self) -> tuple[int, int, int]:
+    if self.layout is not None:
+      return (self.layout.image_size, self.layout.image_size, self.layout.channels)
     info = self.train.info
     return (info.image_size, info.image_size, info.channels)
 
   @property
   def num_classes(self) -> int:
-    return int(self.train.info.num_classes)
+    return self.layout.num_classes if self.layout is not None else int(self.train.info.num_classes)
 
   @property
   def data_range(self) -> tuple[float, float]:
-    return tuple(self.train.data_range)
+    return self.layout.data_range if self.layout is not None else tuple(self.train.data_range)
 
   def load_split(self, split: str) -> Any:
     return self.build_split(split)
@@ -90,15 +117,19 @@ class ImageData:
 Data = Union[ToyData, ImageData]
 
 
-def _data_range(centered: Any) -> tuple[float, float]:
+def data_range(centered: Any) -> tuple[float, float]:
+  """``config.data.centered`` as the data's (lo, hi)."""
   return (-1.0, 1.0) if centered else (0.0, 1.0)
 
 
-def build_data(config: ConfigDict, workdir: Optional[str] = None) -> Data:
+def build_data(config: ConfigDict, workdir: Optional[str] = None, *, layout: Optional[ImageLayout] = None) -> Data:
   """The data of ``config.data``: files are listed and their headers checked, no pixel is decoded.
 
   ``workdir``: the run's folder, where a folder dataset caches its header scan and lists the
   files it leaves out (``config.data.on_unreadable="skip"``); None caches nothing.
+  ``layout``: the image size, channels, labels and range, known without the data (a converted
+  export's network, ``components.build(read_data=False)``): the data are then not opened here,
+  only if a mode reads them.
   """
   d = config.data
   check(d.kind in DATA_KINDS, "config.data.kind", f"unknown data kind {d.kind!r}; choose one of {list(DATA_KINDS)}.")
@@ -116,12 +147,15 @@ def build_data(config: ConfigDict, workdir: Optional[str] = None) -> Data:
     with config_field("config.data.", sep=""):
       return pipeline.get_dataset(d.kind, d.name, split=split, path=d.path or None, image_size=image_size,
                                   random_flip=d.random_flip, uniform_dequantization=d.uniform_dequantization,
-                                  data_range=_data_range(d.centered), on_unreadable=d.get("on_unreadable", "error"),
+                                  data_range=data_range(d.centered), on_unreadable=d.get("on_unreadable", "error"),
                                   small_images=d.get("small_images", "upscale"), index_dir=workdir,
                                   write_index=jax.process_index() == 0, **as_dict(d.get("options")))
 
-  return ImageData(name=d.name, train=build_split(d.split), eval_split=d.eval_split,
-                   build_split=functools.lru_cache(maxsize=2)(build_split))
+  data = ImageData(name=d.name, open_train=functools.lru_cache(maxsize=1)(lambda: build_split(d.split)),
+                   eval_split=d.eval_split, build_split=functools.lru_cache(maxsize=2)(build_split), layout=layout)
+  if layout is None:
+    data.train  # pylint: disable=pointless-statement  (opened now: a missing file fails before anything compiles)
+  return data
 
 
 def build_sde(config: ConfigDict) -> sde_lib.SDE:

@@ -151,9 +151,19 @@ class GroupNorm(nn.Module):
     return (x.astype(stat_dtype) * a.reshape(shape) + b.reshape(shape)).astype(out_dtype)
 
 
-def group_norm(channels: int, *, dtype: Any = None) -> GroupNorm:
-  """GroupNorm with ``num_groups(channels)`` groups and ε = 1e-6 (statistics in float32, output in ``dtype``)."""
-  return GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype)
+def group_norm(channels: int, *, dtype: Any = None, groups: int | None = None, name: str | None = None) -> GroupNorm:
+  """GroupNorm with ``groups`` (default ``num_groups(channels)``) groups and ε = 1e-6 (statistics in float32,
+  output in ``dtype``)."""
+  return GroupNorm(num_groups=num_groups(channels) if groups is None else groups, epsilon=1e-6, dtype=dtype, name=name)
+
+
+def block_groups(group_counts: Sequence[tuple[str, int]], block: str | None) -> dict[str, int]:
+  """The entries of a network's ``group_counts`` (``NCSNpp.group_counts``: (``"<block>/GroupNorm_<i>"``,
+  groups) pairs) that belong to the sub-module named ``block``, keyed by the norm's own name."""
+  if not group_counts or block is None:  # none set, or a block used on its own (no enclosing network)
+    return {}
+  prefix = block + "/"
+  return {path[len(prefix):]: groups for path, groups in group_counts if path.startswith(prefix)}
 
 
 def conv3x3(features: int, *, init_scale: float = 1.0, stride: int = 1, use_bias: bool = True,
@@ -381,6 +391,9 @@ class ResnetBlockDDPM(nn.Module):
     skip_rescale: divide the residual sum by √2.
     init_scale: init scale of the last convolution.
     dtype: computation dtype (None: float32, from the inputs and parameters).
+    group_counts: the enclosing network's GroupNorm group-count overrides (``NCSNpp.group_counts``);
+      those naming this block (``"<its name>/GroupNorm_<i>"``) set its norms' groups, the others
+      have ``num_groups(C)``.
   """
 
   out_ch: int | None = None
@@ -389,14 +402,17 @@ class ResnetBlockDDPM(nn.Module):
   skip_rescale: bool = False
   init_scale: float = 0.0
   dtype: Any = None
+  group_counts: Sequence[tuple[str, int]] = ()
 
   @nn.compact
   def __call__(self, x: Array, temb: Array | None = None, train: bool = False) -> Array:
     """Args: x [B, H, W, C], temb [B, E] or None, train.  Returns [B, H, W, out_ch]."""
     out_ch, dtype = self.out_ch or x.shape[-1], self.dtype
-    h = conv3x3(out_ch, dtype=dtype)(nn.silu(group_norm(x.shape[-1], dtype=dtype)(x)))
+    groups = block_groups(self.group_counts, self.name)
+    norm = lambda c, i: group_norm(c, dtype=dtype, groups=groups.get(f"GroupNorm_{i}"), name=f"GroupNorm_{i}")  # noqa: E731
+    h = conv3x3(out_ch, dtype=dtype)(nn.silu(norm(x.shape[-1], 0)(x)))
     h = _add_temb(h, temb, dtype)
-    h = nn.silu(group_norm(out_ch, dtype=dtype)(h))
+    h = nn.silu(norm(out_ch, 1)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(out_ch, init_scale=self.init_scale, dtype=dtype)(h)  # [B, H, W, out_ch]
     if x.shape[-1] != out_ch:
@@ -419,6 +435,9 @@ class ResnetBlockBigGAN(nn.Module):
     skip_rescale: divide the residual sum by √2.
     init_scale: init scale of the last convolution.
     dtype: computation dtype (None: float32, from the inputs and parameters).
+    group_counts: the enclosing network's GroupNorm group-count overrides (``NCSNpp.group_counts``);
+      those naming this block (``"<its name>/GroupNorm_<i>"``) set its norms' groups, the others
+      have ``num_groups(C)``.
   """
 
   out_ch: int | None = None
@@ -430,6 +449,7 @@ class ResnetBlockBigGAN(nn.Module):
   skip_rescale: bool = True
   init_scale: float = 0.0
   dtype: Any = None
+  group_counts: Sequence[tuple[str, int]] = ()
 
   def _resample(self, x: Array) -> Array:
     if self.up:
@@ -446,12 +466,14 @@ class ResnetBlockBigGAN(nn.Module):
     out_ch, dtype = self.out_ch or x.shape[-1], self.dtype
     if dtype is not None:
       x = x.astype(dtype)  # the resampling filters run in x's dtype
-    h = nn.silu(group_norm(x.shape[-1], dtype=dtype)(x))
+    groups = block_groups(self.group_counts, self.name)
+    norm = lambda c, i: group_norm(c, dtype=dtype, groups=groups.get(f"GroupNorm_{i}"), name=f"GroupNorm_{i}")  # noqa: E731
+    h = nn.silu(norm(x.shape[-1], 0)(x))
     h = self._resample(h)  # [B, H', W', C]
     x = self._resample(x)
     h = conv3x3(out_ch, dtype=dtype)(h)
     h = _add_temb(h, temb, dtype)
-    h = nn.silu(group_norm(out_ch, dtype=dtype)(h))
+    h = nn.silu(norm(out_ch, 1)(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(out_ch, init_scale=self.init_scale, dtype=dtype)(h)  # [B, H', W', out_ch]
     if x.shape[-1] != out_ch or self.up or self.down:
@@ -468,18 +490,21 @@ class AttnBlock(nn.Module):
     init_scale: init scale of the output projection.
     dtype: computation dtype of the projections and products (None: float32); the
       softmax is always taken in float32 (or wider).
+    group_counts: as in ``ResnetBlockBigGAN``: an entry ``"<its name>/GroupNorm_0"`` sets its norm's groups.
   """
 
   skip_rescale: bool = False
   init_scale: float = 0.0
   dtype: Any = None
+  group_counts: Sequence[tuple[str, int]] = ()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """Args: x [B, H, W, C].  Returns [B, H, W, C]."""
     batch, height, width, channels = x.shape
     dtype = self.dtype
-    h = group_norm(channels, dtype=dtype)(x)
+    groups = block_groups(self.group_counts, self.name).get("GroupNorm_0")
+    h = group_norm(channels, dtype=dtype, groups=groups, name="GroupNorm_0")(x)
     q = conv1x1(channels, init_scale=NIN_INIT_SCALE, dtype=dtype)(h).reshape(batch, height * width, channels)  # [B, N, C]
     k = conv1x1(channels, init_scale=NIN_INIT_SCALE, dtype=dtype)(h).reshape(batch, height * width, channels)
     v = conv1x1(channels, init_scale=NIN_INIT_SCALE, dtype=dtype)(h).reshape(batch, height * width, channels)

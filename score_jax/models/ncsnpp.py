@@ -20,6 +20,8 @@ belongs to the data pipeline).
 from __future__ import annotations
 
 import functools
+import itertools
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -33,6 +35,22 @@ RESBLOCK_TYPES = ("ddpm", "biggan")
 PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 EMBEDDING_TYPES = ("fourier", "positional")
+# The parameter paths of NCSNpp's GroupNorms: its blocks' and its own (output pyramid, last norm).
+GROUP_NORM_PATH = re.compile(r"((ResnetBlockBigGAN|ResnetBlockDDPM|AttnBlock)_\d+/)?GroupNorm_\d+")
+
+
+def _group_counts(value: Any) -> tuple[tuple[str, int], ...]:
+  """``NCSNpp.group_counts`` as a sorted tuple of (path, groups) pairs (hashable, as module fields must be)."""
+  if hasattr(value, "items"):
+    value = value.items()
+  try:
+    pairs = tuple((path, groups) for path, groups in value)
+  except (TypeError, ValueError):
+    raise ValueError(f"NCSNpp.group_counts must be (norm path, groups) pairs or a dict, got {value!r}.") from None
+  paths = [path for path, _ in pairs]
+  if len(set(paths)) != len(paths):
+    raise ValueError(f"NCSNpp.group_counts names a norm twice: {sorted(p for p in paths if paths.count(p) > 1)[0]!r}.")
+  return tuple(sorted(pairs))
 
 
 # NCSN++ / DDPM++ (Song et al. 2021, App. H), one module for both.
@@ -82,6 +100,11 @@ class NCSNpp(nn.Module):
     remat: rematerialise every residual block (``nn.remat``): its activations are
       recomputed in the backward pass instead of stored, trading compute for memory.
       Parameters and outputs are the same either way.
+    group_counts: GroupNorm group counts that differ from ``layers.num_groups(C)`` = min(C/4, 32),
+      as (parameter path of the norm, groups) pairs — ``("AttnBlock_0/GroupNorm_0", 32)``,
+      ``("GroupNorm_1", 8)`` for the network's own output norms; a dict is accepted too.  Empty
+      (the default): every norm has min(C/4, 32) groups, score_sde's NCSN++.  The diffusers
+      converter (``score_jax.pretrained``) fills it in where diffusers' UNet2DModel counts differ.
   """
 
   nf: int = 128
@@ -106,12 +129,14 @@ class NCSNpp(nn.Module):
   num_channels: int = 3
   dtype: Any = None
   remat: bool = False
+  group_counts: Sequence[tuple[str, int]] = ()
 
   def __post_init__(self):
     for field in ("ch_mult", "attn_resolutions", "fir_kernel"):  # lists from a ConfigDict become tuples
       value = getattr(self, field)
       if isinstance(value, (list, tuple)):
         object.__setattr__(self, field, tuple(value))
+    object.__setattr__(self, "group_counts", _group_counts(self.group_counts))
     self._validate()
     super().__post_init__()
 
@@ -141,6 +166,10 @@ class NCSNpp(nn.Module):
       raise ValueError(f"NCSNpp.init_scale must be >= 0, got {self.init_scale!r}.")
     if not layers.is_int(self.num_classes) or self.num_classes < 0:
       raise ValueError(f"NCSNpp.num_classes must be an integer >= 0, got {self.num_classes!r}.")
+    for path, groups in self.group_counts:
+      if not GROUP_NORM_PATH.fullmatch(path) or not layers.is_int(groups) or groups < 1:
+        raise ValueError(f"NCSNpp.group_counts has ({path!r}, {groups!r}); entries are (norm path, groups >= 1) "
+                         "with paths like 'AttnBlock_0/GroupNorm_0', 'ResnetBlockBigGAN_3/GroupNorm_1' or 'GroupNorm_1'.")
 
   def _embedding(self, cond: Array | None, labels: Array | None, batch: int) -> Array | None:
     """The conditioning vector [B, 4·nf] fed to every residual block, or None."""
@@ -188,11 +217,18 @@ class NCSNpp(nn.Module):
       block, options = layers.ResnetBlockDDPM, {}
     else:
       block, options = layers.ResnetBlockBigGAN, fir
+    counts = self.group_counts
     resnet = functools.partial(layers.remat_block(block) if self.remat else block, dropout=self.dropout,
-                               skip_rescale=self.skip_rescale, init_scale=self.init_scale, dtype=dtype, **options)
-    attn = functools.partial(layers.AttnBlock, skip_rescale=self.skip_rescale, init_scale=self.init_scale, dtype=dtype)
+                               skip_rescale=self.skip_rescale, init_scale=self.init_scale, dtype=dtype,
+                               group_counts=counts, **options)
+    attn = functools.partial(layers.AttnBlock, skip_rescale=self.skip_rescale, init_scale=self.init_scale, dtype=dtype,
+                             group_counts=counts)
     conv3x3 = functools.partial(layers.conv3x3, dtype=dtype)
-    group_norm = functools.partial(layers.group_norm, dtype=dtype)
+    own_norms = itertools.count()  # this module's own GroupNorm_<k>, named here so group_counts can address them
+
+    def group_norm(channels: int) -> layers.GroupNorm:
+      name = f"GroupNorm_{next(own_norms)}"
+      return layers.group_norm(channels, dtype=dtype, groups=dict(counts).get(name), name=name)
     fir = dict(fir, dtype=dtype)
 
     # Down path: hs collects every skip, the first convolution included.

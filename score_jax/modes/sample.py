@@ -29,7 +29,7 @@ def run(config: experiment.ConfigDict, workdir: str) -> writers.Output:
       noise-conditional classifier.
     ConfigError (a ValueError): a bad config value (before anything compiles).
   """
-  setup = experiment.build(config, workdir=workdir)
+  setup = experiment.build(config, workdir=workdir, read_data=False)  # sampling reads no data
   opts = experiment.sample_options(config)
   guidance = experiment.guidance_options(config, setup)
   control = control_lib.from_guidance(guidance, setup, workdir, default=control_lib.network(setup))
