@@ -460,6 +460,13 @@ COVARIANCES = ("isotropic", "tweedie")
 
 
 # ΠGDM (Song et al. 2023) / DPS (Chung et al. 2023): ∇log p_t(x|y) ≈ ∇log p_t(x) + ∇_x log N(y; A x̂_0(x), C_t).
+def check_posterior_options(covariance: str, data_variance, scale) -> tuple[float, float]:
+  """(data_variance, scale) as floats; a one-line ValueError naming a bad option."""
+  if covariance not in COVARIANCES:
+    raise ValueError(f"posterior_guidance covariance={covariance!r} is unknown; choose one of {list(COVARIANCES)}.")
+  return (_number(data_variance, "data_variance", minimum=0.0, strict=True), _number(scale, "scale", minimum=0.0))
+
+
 def posterior_guidance(score_fn: ScoreFn, sde: SDE, values: Array, mask: Array, *, basis: Optional[Array] = None,
                        covariance: str = "isotropic", data_variance: float = 1.0, scale: float = 1.0) -> ScoreFn:
   """Inpainting / colorization by guidance: s(x, t) + scale ∇_x log N(y_Ω; (x̂_0(x, t))_Ω, C_t).
@@ -486,11 +493,16 @@ def posterior_guidance(score_fn: ScoreFn, sde: SDE, values: Array, mask: Array, 
 
   Returns:
     ``guided(x, t) -> [B, ...]``.  Each call evaluates the score once and differentiates it.
+
+  The observation is checked here where concrete (values of the samples' shape, a binary mask,
+  an orthogonal basis: ``sampling.constraints.check_observation``).  The closure holds the
+  arrays, so a sampler compiled for it is compiled again for a new image; to reuse it, pass
+  the observation to the sampler as ``constraint=sampling.constraints.Posterior(...)``.
   """
-  if covariance not in COVARIANCES:
-    raise ValueError(f"posterior_guidance covariance={covariance!r} is unknown; choose one of {list(COVARIANCES)}.")
-  data_variance = _number(data_variance, "data_variance", minimum=0.0, strict=True)
-  scale = _number(scale, "scale", minimum=0.0)
+  data_variance, scale = check_posterior_options(covariance, data_variance, scale)
+  if not isinstance(values, jax.core.Tracer):
+    from score_jax.sampling import constraints  # pylint: disable=g-import-not-at-top
+    constraints.check_observation(constraints.Observation(values, mask, basis), tuple(np.shape(values)))
   basis_arr = None if basis is None else jnp.asarray(basis, jnp.float32)
   decouple = (lambda v: v) if basis_arr is None else (lambda v: v @ basis_arr)
   couple = (lambda u: u) if basis_arr is None else (lambda u: u @ basis_arr.T)

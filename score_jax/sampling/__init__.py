@@ -121,6 +121,7 @@ def _check_score_fn(score_fn: ScoreFn, shape: tuple[int, ...]) -> None:
 @functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "method", "options"))
 def _sample_compiled(key, constraint, sde, score_fn, shape, method, options):
   extra = {} if constraint is None else {"constraint": constraint}
+  score_fn = constraints.guide(constraint, score_fn, sde)  # posterior guidance from the traced observation
   return METHODS[method].run(key, sde, score_fn, shape, **dict(options), **extra)
 
 
@@ -165,8 +166,9 @@ def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
     shape: the batch shape, batch first.
     method: one of ``METHODS``.
     constraint: None, or known coordinates to impose after every step (inpainting,
-      colorization): a ``constraints.Replacement``; see ``sampling/constraints.py``.  Its
-      arrays are traced, so new values or masks of the same shapes reuse the compiled sampler.
+      colorization): a ``constraints.Replacement``, or a ``constraints.Posterior`` (posterior
+      guidance of the score, with or without replacement); see ``sampling/constraints.py``.
+      Its arrays are traced, so new values or masks of the same shapes reuse the compiled sampler.
     **options: the method's options (see the module docstring).
 
   Returns:
