@@ -503,31 +503,40 @@ def posterior_guidance(score_fn: ScoreFn, sde: SDE, values: Array, mask: Array, 
   if not isinstance(values, jax.core.Tracer):
     from score_jax.sampling import constraints  # pylint: disable=g-import-not-at-top
     constraints.check_observation(constraints.Observation(values, mask, basis), tuple(np.shape(values)))
-  basis_arr = None if basis is None else jnp.asarray(basis, jnp.float32)
-  decouple = (lambda v: v) if basis_arr is None else (lambda v: v @ basis_arr)
-  couple = (lambda u: u) if basis_arr is None else (lambda u: u @ basis_arr.T)
-
   def guided(x: Array, t: Array) -> Array:
-    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])  # [B]
-    m, s = sde.mean_coeff(t), sde.marginal_std(t)
-    mask_u = jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape)
-    y_u = decouple(jnp.asarray(values, x.dtype))
-
-    def denoised(x, t=t):
-      score = score_fn(x, t)
-      return sde.tweedie_denoise(x, t, score), score
-
-    (x0, vjp, score) = jax.vjp(denoised, x, has_aux=True)
-    resid = mask_u * (y_u - decouple(x0))  # [B, ...] in u
-    if covariance == "isotropic":
-      sigma2 = (s / m) ** 2
-      r2 = data_variance * sigma2 / (data_variance + sigma2)  # [B]
-      grad = vjp(couple(resid / bcast(r2, x)))[0]
-    else:
-      grad = _tweedie_grad(denoised, x, t, m, s, mask_u, resid, decouple)
+    score, grad = posterior_terms(score_fn, sde, values, mask, x, t, basis=basis, covariance=covariance,
+                                  data_variance=data_variance)
     return score + scale * grad
 
   return guided
+
+
+def posterior_terms(score_fn: ScoreFn, sde: SDE, values: Array, mask: Array, x: Array, t: Array, *,
+                    basis: Optional[Array] = None, covariance: str = "isotropic",
+                    data_variance: float = 1.0) -> tuple[Array, Array]:
+  """(s(x, t), ∇_x log N(y_Ω; (x̂_0)_Ω, C_t)) [B, ...] each: the two terms of
+  ``posterior_guidance`` (unchecked; values, mask and basis may be traced)."""
+  basis_arr = None if basis is None else jnp.asarray(basis, x.dtype)
+  decouple = (lambda v: v) if basis_arr is None else (lambda v: v @ basis_arr)
+  couple = (lambda u: u) if basis_arr is None else (lambda u: u @ basis_arr.T)
+  t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])  # [B]
+  m, s = sde.mean_coeff(t), sde.marginal_std(t)
+  mask_u = jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape)
+  y_u = decouple(jnp.asarray(values, x.dtype))
+
+  def denoised(x, t=t):
+    score = score_fn(x, t)
+    return sde.tweedie_denoise(x, t, score), score
+
+  (x0, vjp, score) = jax.vjp(denoised, x, has_aux=True)
+  resid = mask_u * (y_u - decouple(x0))  # [B, ...] in u
+  if covariance == "isotropic":
+    sigma2 = (s / m) ** 2
+    r2 = data_variance * sigma2 / (data_variance + sigma2)  # [B]
+    grad = vjp(couple(resid / bcast(r2, x)))[0]
+  else:
+    grad = _tweedie_grad(denoised, x, t, m, s, mask_u, resid, decouple)
+  return score, grad
 
 
 def _tweedie_grad(denoised, x, t, m, s, mask_u, resid, decouple):

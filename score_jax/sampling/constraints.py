@@ -24,7 +24,7 @@ absorb the information the replaced ones carry.  NFE grows by the factor ``resam
 
 The observation.  ``Observation(values, mask, basis)`` is what is known; ``Replacement`` (with
 RePaint's ``resample``), ``Posterior`` (posterior guidance of the score built inside the
-compiled sampler, with or without replacement) and ``sampling.smc`` all take it, checked once
+compiled sampler, with or without replacement) and ``sampling.run_smc`` (method "smc") all take it, checked once
 (``check_observation``: values of the samples' shape, a binary mask, an orthogonal basis).
 Its arrays are pytree children: a new image of the same shapes reuses the compiled sampler.
 
