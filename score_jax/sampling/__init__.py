@@ -42,6 +42,7 @@ Inpainting and colorization are an option of the samplers, ``constraint=`` a
 ``constraints.Replacement`` (known coordinates re-imposed after every step, optionally with
 RePaint resampling): pc, ald, langevin, edm, consistency, dpm_solver, ddim, exponential, ode with
 solver="heun" and adaptive (on accepted steps) take it; the adaptive ODE solvers reject it.
+``constraints.Posterior`` adds posterior guidance of the score, built from the same traced arrays.
 """
 
 from __future__ import annotations
