@@ -9,7 +9,10 @@ unchanged.
   ``Guidance``: ``constant`` (the "amplified" scale, λ = 500 in the report), ``linear`` (λ
   moving linearly in σ from λ_start at σ_max to λ_end at σ_min; the report's 500 → 400),
   ``truncated`` (guidance only for σ_lo ≤ σ ≤ σ_hi, the report's "double truncation"), and
-  ``norm_ratio`` (ours: λ per example so that ‖λ ∇log p_t(y|x)‖ = ρ ‖s(x, t)‖, scale-free).
+  ``norm_ratio`` (ours: λ per example so that ‖λ ∇log p_t(y|x)‖ = ρ ‖s(x, t)‖, scale-free;
+  λ = 0 where ‖∇log p_t(y|x)‖ is below a floor at which it is no longer resolvable, and an
+  optional cap ``max_scale``).  The gradient is formed as Σ_{j≠y} p_j (∇ℓ_y − ∇ℓ_j), which
+  keeps its direction in float32 where p_t(y|x) saturates (``classifier_grad``).
   Any strategy can evaluate the classifier at min(σ, σ_classifier_max) (the report's
   "classifier truncation"; ``sigma_classifier_max``).
 * ``norm_ratios`` / ``norm_ratio_trajectory``: the diagnostic ‖∇log p_t(y|x)‖ / ‖s(x, t)‖
@@ -46,6 +49,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from score_jax.sampling import common, steps
 from score_jax.sde import SDE, ScoreFn, bcast
@@ -62,12 +66,17 @@ def check_interval(sigma_interval: Interval) -> Interval:
   """``sigma_interval`` as (σ_lo, σ_hi) with 0 ≤ σ_lo < σ_hi (σ_hi may be inf), or None."""
   if sigma_interval is None:
     return None
-  ok = isinstance(sigma_interval, (tuple, list)) and len(sigma_interval) == 2 and all(
-      isinstance(v, (int, float)) and not isinstance(v, bool) for v in sigma_interval)
-  if not ok or not 0.0 <= sigma_interval[0] < sigma_interval[1]:
-    raise ValueError(f"guidance sigma_interval={sigma_interval!r} must be (σ_lo, σ_hi) with 0 <= σ_lo < σ_hi "
-                     "(guidance for σ_lo < σ <= σ_hi; Kynkäänniemi et al. 2024).")
-  return float(sigma_interval[0]), float(sigma_interval[1])
+  fail = ValueError(f"guidance sigma_interval={sigma_interval!r} must be (σ_lo, σ_hi) with 0 <= σ_lo < σ_hi "
+                    "(guidance for σ_lo < σ <= σ_hi; Kynkäänniemi et al. 2024).")
+  if not (isinstance(sigma_interval, (tuple, list)) and len(sigma_interval) == 2):
+    raise fail
+  try:
+    lo, hi = (_scalar(v, "sigma_interval", allow_inf=True) for v in sigma_interval)
+  except ValueError:
+    raise fail from None
+  if not 0.0 <= lo < hi:
+    raise fail
+  return lo, hi
 
 
 def in_interval(sigma: Array, sigma_interval: Interval) -> Array:
@@ -79,15 +88,59 @@ def in_interval(sigma: Array, sigma_interval: Interval) -> Array:
 
 
 def _norm(v: Array) -> Array:
-  """Per-example Euclidean norm [B] of v [B, ...]."""
-  return jnp.sqrt(jnp.sum(jnp.square(v).reshape(v.shape[0], -1), axis=-1))
+  """Per-example Euclidean norm [B] of v [B, ...], scaled by the largest entry first so that
+  squares neither underflow (|v| < 1e-19 in float32) nor overflow."""
+  flat = v.reshape(v.shape[0], -1)
+  big = jnp.max(jnp.abs(flat), axis=-1)  # [B]
+  safe = jnp.where(big > 0, big, 1.0)
+  return big * jnp.sqrt(jnp.sum(jnp.square(flat / safe[:, None]), axis=-1))
 
 
-def _number(value, name: str, *, minimum: float = -math.inf, strict: bool = False) -> None:
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
-      value > minimum if strict else value >= minimum)
-  if not ok:
-    raise ValueError(f"guidance {name}={value!r} must be a finite number {'>' if strict else '>='} {minimum}.")
+def norm_floor(dtype) -> float:
+  """The default ``Guidance.norm_floor`` of a dtype: tiny/eps (float32 ≈ 9.9e-32, float64 ≈
+  1e-292), the norm below which a gradient's entries are subnormal and hold fewer than full bits."""
+  info = jnp.finfo(dtype)
+  return float(info.tiny) / float(info.eps)
+
+
+def _scalar(value, name: str, *, minimum: float = -math.inf, strict: bool = False, allow_inf: bool = False,
+            what: str = "guidance") -> float:
+  """``value`` as a Python float: a Python, NumPy or (concrete) JAX real scalar, finite (or +inf
+  with ``allow_inf``) and ≥ (or > with ``strict``) ``minimum``; otherwise a one-line ValueError
+  naming the option."""
+  bound = f"{'>' if strict else '>='} {minimum}"
+  fail = ValueError(f"{what} {name}={value!r} must be a {'' if allow_inf else 'finite '}real number {bound} "
+                    "(a Python, NumPy or JAX scalar).")
+  if isinstance(value, (bool, np.bool_)) or isinstance(value, jax.core.Tracer):
+    raise fail
+  if isinstance(value, (int, float, np.integer, np.floating)):
+    v = float(value)
+  elif isinstance(value, (np.ndarray, jax.Array)) and value.shape == () and (
+      np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+    v = float(value)
+  else:
+    raise fail
+  if math.isnan(v) or (math.isinf(v) and not (allow_inf and v > 0)) or not (v > minimum if strict else v >= minimum):
+    raise fail
+  return v
+
+
+def _number(value, name: str, *, minimum: float = -math.inf, strict: bool = False) -> float:
+  return _scalar(value, name, minimum=minimum, strict=strict)
+
+
+def check_labels(labels: Array, num_classes: Optional[int], name: str) -> Array:
+  """``labels`` as int32 [B], checked (when concrete) to be integers in 0 … num_classes − 1;
+  a one-line ValueError naming ``name`` otherwise.  Traced labels pass unchecked."""
+  if isinstance(labels, jax.core.Tracer):
+    return labels
+  arr = np.asarray(labels)
+  if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+    raise ValueError(f"{name} labels must be integer class ids of shape [B], got dtype {arr.dtype} shape {arr.shape}.")
+  if arr.size and (arr.min() < 0 or (num_classes is not None and arr.max() >= num_classes)):
+    top = "" if num_classes is None else f" … {num_classes - 1}"
+    raise ValueError(f"{name} labels must be classes 0{top}; got labels from {arr.min()} to {arr.max()}.")
+  return jnp.asarray(arr, jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +159,13 @@ class Guidance:
     sigma_classifier_max: any strategy: the classifier is evaluated at min(σ, this) (the
       report's σ_max_classifier ≈ 50, where its classifier stopped being useful); None: at σ.
     sigma_interval: any strategy: λ is set to 0 outside σ_lo < σ ≤ σ_hi (``in_interval``); None: everywhere.
+    norm_floor: "norm_ratio": ‖∇log p_t(y|x)‖ below this is not resolvable and gets λ = 0 (no
+      guidance there, rather than rounding noise scaled up to ρ‖s‖); None: the dtype's
+      ``norm_floor`` (float32: 1.2e-38 / 1.2e-7 ≈ 1e-31, below which the gradient's entries
+      are subnormal and have lost relative precision).
+    max_scale: "norm_ratio": an optional cap on λ (None: none).
+
+  Every numeric field accepts Python, NumPy and JAX scalars and is stored as a Python float.
   """
 
   strategy: str = "constant"
@@ -119,29 +179,36 @@ class Guidance:
   ratio: float = 1.0
   sigma_classifier_max: Optional[float] = None
   sigma_interval: Interval = None
+  norm_floor: Optional[float] = None
+  max_scale: Optional[float] = None
 
   def __post_init__(self):
     if self.strategy not in STRATEGIES:
       raise ValueError(f"guidance strategy={self.strategy!r} is unknown; choose one of {list(STRATEGIES)}.")
+    put = lambda name, **kw: object.__setattr__(self, name, _scalar(getattr(self, name), name, **kw))
     if self.strategy in ("constant", "truncated"):
-      _number(self.scale, "scale")
+      put("scale")
     if self.strategy == "linear":
-      _number(self.scale_start, "scale_start")
-      _number(self.scale_end, "scale_end")
+      put("scale_start")
+      put("scale_end")
       for name in ("sigma_min", "sigma_max"):
         if getattr(self, name) is not None:
-          _number(getattr(self, name), name, minimum=0.0, strict=True)
+          put(name, minimum=0.0, strict=True)
       if self.sigma_min is not None and self.sigma_max is not None and not self.sigma_min < self.sigma_max:
         raise ValueError(f"guidance sigma_min={self.sigma_min} must be smaller than sigma_max={self.sigma_max}.")
     if self.strategy == "truncated":
-      _number(self.sigma_lo, "sigma_lo", minimum=0.0)
-      if not (isinstance(self.sigma_hi, (int, float)) and self.sigma_hi > self.sigma_lo):
+      put("sigma_lo", minimum=0.0)
+      put("sigma_hi", minimum=0.0, allow_inf=True)
+      if not self.sigma_hi > self.sigma_lo:
         raise ValueError(f"guidance sigma_hi={self.sigma_hi!r} must exceed sigma_lo={self.sigma_lo!r}: "
                          "the zone is sigma_lo <= σ <= sigma_hi.")
     if self.strategy == "norm_ratio":
-      _number(self.ratio, "ratio", minimum=0.0)
+      put("ratio", minimum=0.0)
+      for name in ("norm_floor", "max_scale"):
+        if getattr(self, name) is not None:
+          put(name, minimum=0.0, strict=True)
     if self.sigma_classifier_max is not None:
-      _number(self.sigma_classifier_max, "sigma_classifier_max", minimum=0.0, strict=True)
+      put("sigma_classifier_max", minimum=0.0, strict=True)
     object.__setattr__(self, "sigma_interval", check_interval(self.sigma_interval))
 
   def lambda_fn(self, sde: SDE) -> Callable[[Array], Array]:
@@ -175,10 +242,18 @@ class Guidance:
     return sigma if self.sigma_classifier_max is None else jnp.minimum(sigma, self.sigma_classifier_max)
 
 
-def norm_ratio_scale(score: Array, grad: Array, ratio: float) -> Array:
-  """λ [B] with ‖λ grad‖ = ratio ‖score‖ per example (0 where grad vanishes)."""
+def norm_ratio_scale(score: Array, grad: Array, ratio: float, *, floor: Optional[float] = None,
+                     max_scale: Optional[float] = None) -> Array:
+  """λ [B] with ‖λ grad‖ = ratio ‖score‖ per example, capped at ``max_scale`` when given.
+
+  Where ‖grad‖ < ``floor`` (None: ``norm_floor(grad.dtype)``) the gradient is not resolvable —
+  its direction is rounding, not the classifier — and λ = 0: no guidance there.
+  """
+  floor = norm_floor(grad.dtype) if floor is None else floor
   g = _norm(grad)
-  return jnp.where(g > 0, ratio * _norm(score) / jnp.where(g > 0, g, 1.0), 0.0)
+  ok = g >= floor
+  lam = jnp.where(ok, ratio * _norm(score) / jnp.where(ok, g, 1.0), 0.0)
+  return lam if max_scale is None else jnp.minimum(lam, max_scale)
 
 
 def norm_ratios(score: Array, grad: Array) -> Array:
@@ -190,6 +265,11 @@ def classifier_grad(log_prob_fn: LogProbFn, labels: Array, sde: SDE, x: Array, t
                     sigma_classifier_max: Optional[float] = None) -> Array:
   """∇_x log p_t(y | x) [B, ...] for labels y [B] at times t [B].
 
+  Computed in the form Σ_{j≠y} p_j (∇ℓ_y − ∇ℓ_j) of the classifier's logits ℓ (its log-probs),
+  which keeps its relative precision where p_t(y|x) saturates: the naive gradient of
+  log_softmax_y forms 1 − p_y, which float32 rounds to 0 once 1 − p_y < 6e-8, leaving the
+  rounding of the other terms as the "direction".
+
   With ``sigma_classifier_max`` the classifier sees the noise level σ_c = min(σ̃(t), σ_c,max):
   it is evaluated at the time t_c with σ̃(t_c) = σ_c on the input x m(t_c)/m(t) (the same
   signal scaled as at t_c; for VE the input is x itself, as in the report), and the
@@ -198,20 +278,26 @@ def classifier_grad(log_prob_fn: LogProbFn, labels: Array, sde: SDE, x: Array, t
   labels = jnp.asarray(labels, jnp.int32)
 
   if sigma_classifier_max is None:
-    def total(x):
-      logp = log_prob_fn(x, t)  # [B, K]
-      return jnp.sum(jnp.take_along_axis(logp, labels[:, None], axis=1))
+    logits_fn = lambda x: log_prob_fn(x, t)  # [B, K]
   else:
     sigma = sde.noise_level(t)
     t_c = jnp.where(sigma > sigma_classifier_max, sde.time_from_noise_level(
         jnp.minimum(sigma, sigma_classifier_max)), t)
     rescale = sde.mean_coeff(t_c) / sde.mean_coeff(t)  # [B]
+    logits_fn = lambda x: log_prob_fn(bcast(rescale, x) * x, t_c)
 
-    def total(x):
-      logp = log_prob_fn(bcast(rescale, x) * x, t_c)
-      return jnp.sum(jnp.take_along_axis(logp, labels[:, None], axis=1))
-
-  return jax.grad(total)(x)
+  # ∇log p(y|x) = Σ_{j≠y} p_j (∇ℓ_y − ∇ℓ_j) for logits ℓ (log-probs are logits too): one VJP of
+  # ℓ with the cotangent c_j = −p_j (j ≠ y), c_y = Σ_{j≠y} p_j, summed from the small p_j so
+  # that no 1 − p_y is formed; it cancels to nothing in float32 once 1 − p_y < 6e-8.
+  logits, vjp = jax.vjp(logits_fn, x)
+  num_classes = logits.shape[-1]
+  if not isinstance(labels, jax.core.Tracer):
+    check_labels(labels, num_classes, "classifier guidance")
+  probs = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)  # [B, K]
+  is_y = jax.nn.one_hot(labels, num_classes, dtype=bool)
+  others = jnp.where(is_y, 0.0, probs)
+  cot = jnp.where(is_y, jnp.sum(others, axis=-1, keepdims=True), -others).astype(logits.dtype)
+  return vjp(cot)[0]
 
 
 # Song et al. 2021, eq. 14 / the report's eq. 5.5: ∇log p_t(x|y) = ∇log p_t(x) + λ ∇log p_t(y|x).
@@ -223,7 +309,8 @@ def classifier_guidance(score_fn: ScoreFn, log_prob_fn: LogProbFn, labels: Array
     score_fn: the unconditional score ``score_fn(x [B, ...], t [B])``.
     log_prob_fn: the noise-conditional classifier, ``log_prob_fn(x [B, ...], t [B]) -> [B, K]``
       log-probabilities (log-softmax of logits).
-    labels: requested classes y [B] (int).
+    labels: requested classes y [B] (int) in 0 … K − 1, K the classifier's classes (checked
+      when concrete: negatives here, the upper end when the guided score is first traced).
     sde: the SDE (σ = ``sde.noise_level(t)``).
     guidance: the strategy and its parameters.
 
@@ -232,6 +319,7 @@ def classifier_guidance(score_fn: ScoreFn, log_prob_fn: LogProbFn, labels: Array
   """
   if not isinstance(guidance, Guidance):
     raise ValueError(f"guidance must be a guidance.Guidance, got {type(guidance).__name__}.")
+  labels = check_labels(labels, None, "classifier guidance")  # the upper end against K when first called
   lam_fn = None if guidance.strategy == "norm_ratio" else guidance.lambda_fn(sde)
 
   def guided(x: Array, t: Array) -> Array:
@@ -239,7 +327,7 @@ def classifier_guidance(score_fn: ScoreFn, log_prob_fn: LogProbFn, labels: Array
     score = score_fn(x, t)
     grad = classifier_grad(log_prob_fn, labels, sde, x, t, guidance.sigma_classifier_max)
     if lam_fn is None:
-      lam = norm_ratio_scale(score, grad, guidance.ratio)
+      lam = norm_ratio_scale(score, grad, guidance.ratio, floor=guidance.norm_floor, max_scale=guidance.max_scale)
     else:
       lam = lam_fn(sde.noise_level(t))
     if guidance.sigma_interval is not None:
@@ -294,17 +382,23 @@ def classifier_free_guidance(labeled_score_fn: LabeledScoreFn, labels: Array, *,
     labeled_score_fn: ``(x [N, ...], t [N], labels [N]) -> [N, ...]``, the class-conditional
       score, unconditional for ``null_label``; for a network,
       ``lambda x, t, l: score_fn.get_score_fn(sde, apply_fn, params, labels=l)(x, t)``.
-    labels: requested classes y [B] (int).
-    w: guidance weight ≥ 0 (0: the conditional score; the sampled law sharpens as w grows).
-    null_label: the id of ∅ (``num_classes`` for the networks here, ``layers.ClassEmbedding``).
+    labels: requested classes y [B] (int), each in 0 … null_label − 1 (checked when concrete).
+    w: guidance weight ≥ 0 (0: the conditional score; the sampled law sharpens as w grows); a
+      Python, NumPy or JAX scalar.
+    null_label: the id of ∅ (``num_classes`` for the networks here, ``layers.ClassEmbedding``);
+      the classes are 0 … null_label − 1.
     sde, sigma_interval: guidance only for σ_lo < σ̃(t) ≤ σ_hi (the conditional score elsewhere).
 
   Returns:
     ``guided(x [B, ...], t [B]) -> [B, ...]``.
   """
-  _number(w, "w", minimum=0.0)
+  w = _number(w, "w", minimum=0.0)
+  if not (isinstance(null_label, (int, np.integer)) and not isinstance(null_label, bool) and null_label >= 1):
+    raise ValueError(f"classifier_free_guidance null_label={null_label!r} must be an integer >= 1: the id of ∅ "
+                     "after the classes 0 … null_label − 1 (num_classes for the networks here).")
+  null_label = int(null_label)
   sigma_interval = _interval_with_sde(sigma_interval, sde)
-  labels = jnp.asarray(labels, jnp.int32)
+  labels = check_labels(labels, null_label, "classifier_free_guidance")
 
   def guided(x: Array, t: Array) -> Array:
     n = x.shape[0]
@@ -347,7 +441,7 @@ def autoguidance(score_fn: Optional[ScoreFn], guide_score_fn: Optional[ScoreFn] 
   Returns:
     ``guided(x [B, ...], t [B]) -> [B, ...]``.
   """
-  _number(w, "w", minimum=0.0)
+  w = _number(w, "w", minimum=0.0)
   sigma_interval = _interval_with_sde(sigma_interval, sde)
   if (pair_fn is None) == (score_fn is None or guide_score_fn is None):
     raise ValueError("autoguidance takes score_fn and guide_score_fn, or pair_fn alone.")
@@ -366,6 +460,13 @@ COVARIANCES = ("isotropic", "tweedie")
 
 
 # ΠGDM (Song et al. 2023) / DPS (Chung et al. 2023): ∇log p_t(x|y) ≈ ∇log p_t(x) + ∇_x log N(y; A x̂_0(x), C_t).
+def check_posterior_options(covariance: str, data_variance, scale) -> tuple[float, float]:
+  """(data_variance, scale) as floats; a one-line ValueError naming a bad option."""
+  if covariance not in COVARIANCES:
+    raise ValueError(f"posterior_guidance covariance={covariance!r} is unknown; choose one of {list(COVARIANCES)}.")
+  return (_number(data_variance, "data_variance", minimum=0.0, strict=True), _number(scale, "scale", minimum=0.0))
+
+
 def posterior_guidance(score_fn: ScoreFn, sde: SDE, values: Array, mask: Array, *, basis: Optional[Array] = None,
                        covariance: str = "isotropic", data_variance: float = 1.0, scale: float = 1.0) -> ScoreFn:
   """Inpainting / colorization by guidance: s(x, t) + scale ∇_x log N(y_Ω; (x̂_0(x, t))_Ω, C_t).
@@ -392,36 +493,50 @@ def posterior_guidance(score_fn: ScoreFn, sde: SDE, values: Array, mask: Array, 
 
   Returns:
     ``guided(x, t) -> [B, ...]``.  Each call evaluates the score once and differentiates it.
+
+  The observation is checked here where concrete (values of the samples' shape, a binary mask,
+  an orthogonal basis: ``sampling.constraints.check_observation``).  The closure holds the
+  arrays, so a sampler compiled for it is compiled again for a new image; to reuse it, pass
+  the observation to the sampler as ``constraint=sampling.constraints.Posterior(...)``.
   """
-  if covariance not in COVARIANCES:
-    raise ValueError(f"posterior_guidance covariance={covariance!r} is unknown; choose one of {list(COVARIANCES)}.")
-  _number(data_variance, "data_variance", minimum=0.0, strict=True)
-  _number(scale, "scale", minimum=0.0)
-  basis_arr = None if basis is None else jnp.asarray(basis, jnp.float32)
-  decouple = (lambda v: v) if basis_arr is None else (lambda v: v @ basis_arr)
-  couple = (lambda u: u) if basis_arr is None else (lambda u: u @ basis_arr.T)
-
+  data_variance, scale = check_posterior_options(covariance, data_variance, scale)
+  if not isinstance(values, jax.core.Tracer):
+    from score_jax.sampling import constraints  # pylint: disable=g-import-not-at-top
+    constraints.check_observation(constraints.Observation(values, mask, basis), tuple(np.shape(values)))
   def guided(x: Array, t: Array) -> Array:
-    t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])  # [B]
-    m, s = sde.mean_coeff(t), sde.marginal_std(t)
-    mask_u = jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape)
-    y_u = decouple(jnp.asarray(values, x.dtype))
-
-    def denoised(x, t=t):
-      score = score_fn(x, t)
-      return sde.tweedie_denoise(x, t, score), score
-
-    (x0, vjp, score) = jax.vjp(denoised, x, has_aux=True)
-    resid = mask_u * (y_u - decouple(x0))  # [B, ...] in u
-    if covariance == "isotropic":
-      sigma2 = (s / m) ** 2
-      r2 = data_variance * sigma2 / (data_variance + sigma2)  # [B]
-      grad = vjp(couple(resid / bcast(r2, x)))[0]
-    else:
-      grad = _tweedie_grad(denoised, x, t, m, s, mask_u, resid, decouple)
+    score, grad = posterior_terms(score_fn, sde, values, mask, x, t, basis=basis, covariance=covariance,
+                                  data_variance=data_variance)
     return score + scale * grad
 
   return guided
+
+
+def posterior_terms(score_fn: ScoreFn, sde: SDE, values: Array, mask: Array, x: Array, t: Array, *,
+                    basis: Optional[Array] = None, covariance: str = "isotropic",
+                    data_variance: float = 1.0) -> tuple[Array, Array]:
+  """(s(x, t), ∇_x log N(y_Ω; (x̂_0)_Ω, C_t)) [B, ...] each: the two terms of
+  ``posterior_guidance`` (unchecked; values, mask and basis may be traced)."""
+  basis_arr = None if basis is None else jnp.asarray(basis, x.dtype)
+  decouple = (lambda v: v) if basis_arr is None else (lambda v: v @ basis_arr)
+  couple = (lambda u: u) if basis_arr is None else (lambda u: u @ basis_arr.T)
+  t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])  # [B]
+  m, s = sde.mean_coeff(t), sde.marginal_std(t)
+  mask_u = jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape)
+  y_u = decouple(jnp.asarray(values, x.dtype))
+
+  def denoised(x, t=t):
+    score = score_fn(x, t)
+    return sde.tweedie_denoise(x, t, score), score
+
+  (x0, vjp, score) = jax.vjp(denoised, x, has_aux=True)
+  resid = mask_u * (y_u - decouple(x0))  # [B, ...] in u
+  if covariance == "isotropic":
+    sigma2 = (s / m) ** 2
+    r2 = data_variance * sigma2 / (data_variance + sigma2)  # [B]
+    grad = vjp(couple(resid / bcast(r2, x)))[0]
+  else:
+    grad = _tweedie_grad(denoised, x, t, m, s, mask_u, resid, decouple)
+  return score, grad
 
 
 def _tweedie_grad(denoised, x, t, m, s, mask_u, resid, decouple):

@@ -219,3 +219,60 @@ def test_inpainting_and_colorization_reproduce_the_exact_conditional(name):
   # it pushes the two chrominance modes apart by about 0.06 (measured, all three SDEs).
   _assert_matches(u[:, 1:], COLOR_TARGET.condition(np.array([True, False, False]), np.array([lum, 0.0, 0.0]),
                                                    basis=M), mean_tol=0.10)
+
+
+# --- traced observations (issue 23, point 2) -----------------------------------------------------
+
+def test_a_second_observation_of_the_same_shape_reuses_the_compiled_sampler():
+  """constraints.Posterior carries values, mask and basis as traced arrays: a new image of the
+  same shape runs the compiled sampler again (no trace of the score, one jit cache entry), and
+  gives what the closure of guidance.posterior_guidance plus Replacement gives — which, holding
+  its arrays, is traced and compiled anew for every image."""
+  sde = SDES["vp"]
+  traces = []
+
+  def score(x, t):
+    traces.append(x.shape)
+    return INPAINT_TARGET.score(x, t, sde)
+
+  mask = jnp.array([1.0, 0.0])
+  opts = dict(method="pc", num_steps=3, corrector="none", denoise=False)
+  key = jax.random.PRNGKey(0)
+  outs = []
+  for a in (0.5, -1.0, 2.0):
+    obs = constraints.Observation(jnp.zeros((4, 2)).at[:, 0].set(a), mask)
+    c = constraints.Posterior.of(obs, covariance="tweedie")
+    size = sampling._sample_compiled._cache_size()  # pylint: disable=protected-access
+    x, _ = sampling.sample(key, sde, score, (4, 2), constraint=c, **opts)
+    outs.append((np.asarray(x), sampling._sample_compiled._cache_size() - size, len(traces)))  # pylint: disable=protected-access
+  assert [grew for _, grew, _ in outs] == [1, 0, 0]  # compiled once
+  assert outs[1][2] == outs[2][2] == outs[0][2]  # the score was not traced again
+  np.testing.assert_array_equal(outs[2][0][:, 0], 2.0)
+  # The closure form: the same samples, a new trace for each image.
+  y = jnp.zeros((4, 2)).at[:, 0].set(2.0)
+  before = len(traces)
+  closure = guidance.posterior_guidance(score, sde, y, mask, covariance="tweedie")
+  x, _ = sampling.sample(key, sde, closure, (4, 2), constraint=constraints.Replacement(y, mask), **opts)
+  assert len(traces) > before
+  np.testing.assert_allclose(np.asarray(x), outs[2][0], rtol=1e-5, atol=1e-6)
+  # replace=False: guidance alone, the known coordinate not imposed.
+  c = constraints.Posterior(y, mask, covariance="tweedie", replace=False)
+  x, _ = sampling.sample(key, sde, score, (4, 2), constraint=c, **opts)
+  closure_only, _ = sampling.sample(key, sde, closure, (4, 2), **opts)
+  np.testing.assert_allclose(np.asarray(x), np.asarray(closure_only), rtol=1e-5, atol=1e-6)
+  assert np.all(np.asarray(x)[:, 0] != 2.0)
+
+
+@pytest.mark.parametrize("make,field", [
+    (lambda: constraints.Posterior(jnp.zeros((4, 2)), jnp.full(2, 0.5)), "mask"),
+    (lambda: constraints.Posterior(jnp.zeros((4, 2)), jnp.ones(2), covariance="full"), "covariance"),
+    (lambda: constraints.Posterior(jnp.zeros((4, 2)), jnp.ones(2), scale=-1.0), "scale"),
+    (lambda: constraints.Posterior(jnp.zeros((4, 2)), jnp.ones(2), resample=2, replace=False), "resample"),
+])
+def test_bad_posterior_observations_are_rejected_before_tracing(make, field):
+  assert_rejected_before_tracing(SDES["vp"], "pc", dict(constraint=make()), field)
+
+
+def test_posterior_guidance_refuses_a_non_binary_mask():
+  with pytest.raises(ValueError, match=r"^constraint mask must hold only 0 \(sampled\) and 1 \(known\)"):
+    guidance.posterior_guidance(lambda x, t: x, SDES["vp"], jnp.zeros((4, 2)), jnp.array([0.5, 0.0]))

@@ -60,8 +60,8 @@ def test_classifier_sigma_clamp(name):
   """With sigma_classifier_max the classifier sees min(σ, σ_c) on the input rescaled by m(t_c)/m(t)."""
   sde = SDES[name]
 
-  def log_prob_fn(x, t):  # log-prob of class 0 is σ̃(t)·Σx: its gradient reveals σ̃ and the input scale
-    return jnp.stack([sde.noise_level(t) * jnp.sum(x, axis=1), jnp.zeros(x.shape[0])], axis=1)
+  def log_prob_fn(x, t):  # logits [σ̃(t)·Σx, 0]: the gradient of log p(0 | x) reveals σ̃ and the input scale
+    return jax.nn.log_softmax(jnp.stack([sde.noise_level(t) * jnp.sum(x, axis=1), jnp.zeros(x.shape[0])], axis=1))
 
   t = jnp.array([0.2, 0.6, 0.95])
   x = jnp.ones((3, 2))
@@ -69,10 +69,11 @@ def test_classifier_sigma_clamp(name):
   cap = float(sigma[1])
   grad = guidance.classifier_grad(log_prob_fn, jnp.zeros(3, jnp.int32), sde, x, t, sigma_classifier_max=cap)
   t_c = sde.time_from_noise_level(jnp.minimum(sigma, cap))
-  expected = jnp.minimum(sigma, cap) * sde.mean_coeff(t_c) / sde.mean_coeff(t)
-  np.testing.assert_allclose(grad[:, 0], expected, rtol=2e-4)
-  np.testing.assert_allclose(grad[:1, 0], sigma[:1], rtol=1e-6)  # below the cap: untouched
-  assert float(grad[2, 0]) < float(sigma[2]) - 1.0  # above it: clamped
+  slope = jnp.minimum(sigma, cap) * sde.mean_coeff(t_c) / sde.mean_coeff(t)  # d logit / d x_i
+  # ∇_x log sigmoid(a) = (1 − sigmoid(a)) ∇a, a = slope·Σx = 2·slope.
+  np.testing.assert_allclose(grad[:, 0], slope * jax.nn.sigmoid(-2.0 * slope), rtol=2e-4)
+  np.testing.assert_allclose(grad[:1, 0], sigma[:1] * jax.nn.sigmoid(-2.0 * sigma[:1]), rtol=1e-5)  # below the cap
+  assert float(slope[2]) < float(sigma[2]) - 1.0  # above it: clamped
 
 
 def test_bad_guidance_fields_name_the_field():
@@ -342,3 +343,106 @@ def test_autoguidance_pair_fn_is_the_two_calls_and_bad_arguments_are_refused():
     guidance.autoguidance(good, w=1.0)
   with pytest.raises(ValueError, match="w=-1"):
     guidance.autoguidance(good, bad, w=-1.0)
+
+
+# --- numerics where p_t(y | x) saturates, the norm_ratio floor and cap, option types (issue 23) ---
+
+def _exact_class_grad(mix, sde, x, t, y):
+  """∇log p_t(y | x) = Σ_{k≠y} r_k (s_y − s_k) from the per-component scores s_k, in float64
+  numpy, with the responsibilities r_k from log-space (so no 1 − r_y is formed); and 1 − r_y."""
+  m, s = float(sde.mean_coeff(jnp.float32(t))), float(sde.marginal_std(jnp.float32(t)))
+  mu, sd = np.asarray(mix.means, np.float64), np.asarray(mix.stds, np.float64)
+  var = (m * sd) ** 2 + s ** 2  # [K, D]
+  diff = x[:, None, :] - m * mu  # [B, K, D]
+  logn = -0.5 * np.sum(np.log(2 * np.pi * var) + diff ** 2 / var, axis=-1) + np.log(np.asarray(mix.weights, np.float64))
+  top = logn.max(axis=1, keepdims=True)
+  r = np.exp(logn - top - np.log(np.sum(np.exp(logn - top), axis=1, keepdims=True)))  # [B, K]
+  scores = -diff / var
+  others = [k for k in range(mix.num_components) if k != y]
+  grad = sum(r[:, k:k + 1] * (scores[:, y] - scores[:, k]) for k in others)
+  return grad, r[:, others].sum(axis=1)
+
+
+def _angles(a, b):
+  cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+  return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def test_classifier_gradient_keeps_its_direction_where_the_class_probability_saturates():
+  """Where 1 − p_t(y|x) < 1e-7 (here 1e-29 … 1e-8) the float32 gradient is within 1° of the
+  float64 closed form; the naive gradient of log_softmax_y (what this replaced) is not."""
+  sde = SDES["ve"]
+  x = np.asarray(jnp.array([[3.0, -2.0]]) + 0.3 * jax.random.normal(jax.random.PRNGKey(0), (32, 2)), np.float64)
+  x[:, 0] += np.linspace(0.0, 3.0, 32)
+  t = 0.05
+  ref, one_minus_p = _exact_class_grad(MIX, sde, x, t, REQUESTED)
+  assert one_minus_p.max() < 1e-7 and one_minus_p.min() > 1e-35, one_minus_p
+  x32, t32, labels = jnp.asarray(x, jnp.float32), jnp.full((32,), t), jnp.full((32,), REQUESTED)
+  clf = MIX.classifier_fn(sde)
+  stable = np.asarray(guidance.classifier_grad(clf, labels, sde, x32, t32), np.float64)
+  assert _angles(stable, ref).max() < 1.0, _angles(stable, ref)
+  np.testing.assert_allclose(np.linalg.norm(stable, axis=1), np.linalg.norm(ref, axis=1), rtol=1e-3)
+  naive = np.asarray(jax.grad(lambda v: jnp.sum(clf(v, t32)[:, REQUESTED]))(x32), np.float64)
+  assert _angles(naive, ref).max() > 5.0  # the cancellation this form avoids
+  # norm_ratio guidance adds exactly ρ‖s‖ along that direction.
+  score = MIX.score_fn(sde)
+  out = guidance.classifier_guidance(score, clf, labels, sde=sde, guidance=guidance.Guidance("norm_ratio", ratio=0.5))
+  added = np.asarray(out(x32, t32) - score(x32, t32), np.float64)
+  assert _angles(added, ref).max() < 1.0
+  np.testing.assert_allclose(np.linalg.norm(added, axis=1),
+                             0.5 * np.linalg.norm(np.asarray(score(x32, t32)), axis=1), rtol=1e-4)
+
+
+def test_norm_ratio_resolves_tiny_gradients_and_has_a_floor_and_a_cap():
+  score = jnp.array([[3.0, 4.0], [3.0, 4.0], [3.0, 4.0]])
+  grad = jnp.array([[6e-25, 8e-25], [0.0, 1e-33], [0.0, 2.0]])  # squares of the first underflow in float32
+  floor = guidance.norm_floor(jnp.float32)
+  assert 9e-32 < floor < 1.1e-31
+  np.testing.assert_allclose(guidance.norm_ratio_scale(score, grad, 0.5), [2.5e24, 0.0, 1.25], rtol=1e-6)
+  np.testing.assert_allclose(guidance.norm_ratio_scale(score, grad, 0.5, floor=1e-20), [0.0, 0.0, 1.25], rtol=1e-6)
+  np.testing.assert_allclose(guidance.norm_ratio_scale(score, grad, 0.5, max_scale=100.0), [100.0, 0.0, 1.25],
+                             rtol=1e-6)
+  g = guidance.Guidance("norm_ratio", ratio=np.float32(0.5), max_scale=jnp.float32(100.0), norm_floor=1e-20)
+  assert (g.ratio, g.max_scale, g.norm_floor) == (0.5, 100.0, 1e-20) and type(g.max_scale) is float
+  with pytest.raises(ValueError, match=r"^guidance max_scale=-1\.0 must be a finite real number > 0"):
+    guidance.Guidance("norm_ratio", max_scale=-1.0)
+
+
+def test_numeric_options_take_python_numpy_and_jax_scalars_and_refuse_the_rest():
+  sde = SDES["ve"]
+  x, t, labels = jax.random.normal(jax.random.PRNGKey(4), (3, 2)), jnp.full((3,), 0.3), jnp.array([0, 1, 2])
+  labeled = lambda x, t, l: MIX.conditional_score(x, t, l, sde)
+  want = guidance.classifier_free_guidance(labeled, labels, w=2.0, null_label=3)(x, t)
+  for w in (2, np.float32(2.0), np.int64(2), np.array(2.0), jnp.float32(2.0), jnp.array(2, jnp.int32)):
+    np.testing.assert_array_equal(guidance.classifier_free_guidance(labeled, labels, w=w, null_label=3)(x, t), want)
+  assert guidance.Guidance("constant", scale=jnp.float32(3.0)).scale == 3.0
+  assert guidance.Guidance("truncated", sigma_lo=np.float32(1.0), sigma_hi=np.inf).sigma_hi == math.inf
+  assert guidance.check_interval((np.float32(0.5), jnp.float32(2.0))) == (0.5, 2.0)
+  for bad in ("2", True, jnp.ones(2), np.nan, None):
+    with pytest.raises(ValueError, match=r"^classifier_free_guidance w=|^guidance w=") as e:
+      guidance.classifier_free_guidance(labeled, labels, w=bad, null_label=3)
+    assert "\n" not in str(e.value) and "Python, NumPy or JAX scalar" in str(e.value)
+  with pytest.raises(ValueError, match=r"^guidance scale=\[1\.0\] must be"):
+    guidance.Guidance("constant", scale=[1.0])
+  with pytest.raises(ValueError, match=r"^guidance data_variance="):
+    guidance.posterior_guidance(MIX.score_fn(sde), sde, x, jnp.ones(2), data_variance=jnp.zeros(()))
+
+
+def test_labels_outside_the_classes_are_one_line_errors():
+  sde = SDES["ve"]
+  labeled = lambda x, t, l: MIX.conditional_score(x, t, l, sde)
+  for bad, msg in ((jnp.array([0, 3]), r"labels must be classes 0 … 2; got labels from 0 to 3"),
+                   (np.array([-1, 1]), r"labels must be classes 0 … 2; got labels from -1 to 1"),
+                   (np.array([0.0, 1.0]), r"labels must be integer class ids")):
+    with pytest.raises(ValueError, match=r"^classifier_free_guidance " + msg):
+      guidance.classifier_free_guidance(labeled, bad, w=1.0, null_label=3)
+  with pytest.raises(ValueError, match=r"null_label=0 must be an integer >= 1"):
+    guidance.classifier_free_guidance(labeled, jnp.array([0]), w=1.0, null_label=0)
+  score, clf = MIX.score_fn(sde), MIX.classifier_fn(sde)
+  with pytest.raises(ValueError, match=r"^classifier guidance labels must be classes 0; got labels from -2"):
+    guidance.classifier_guidance(score, clf, jnp.array([-2, 0]), sde=sde)
+  # The upper end is K of the classifier's output: refused before sampling compiles anything.
+  guided = guidance.classifier_guidance(score, clf, jnp.array([0, 1, 2, 3]), sde=sde)
+  with pytest.raises(ValueError, match=r"classifier guidance labels must be classes 0 … 2; got labels from 0 to 3") as e:
+    sampling.sample(jax.random.PRNGKey(0), sde, guided, (4, 2), "edm", num_steps=2)
+  assert "\n" not in str(e.value)

@@ -33,11 +33,16 @@ documents them):
                   (VP / sub-VP)                                          (``exponential.py``)
 * ``consistency`` a consistency model in 1 … k evaluations: num_steps, sigmas, rho,
                   sigma_min, sigma_max                                    (``consistency.py``)
+* ``smc``         sequential Monte Carlo for a linear observation (``constraint=`` an
+                  ``constraints.Observation``): particles, num_steps, ess_threshold,
+                  guidance_scale, data_variance; ``sampling.run_smc`` returns the particles,
+                  weights and ESS trace as well                           (``smc.py``)
 
 Inpainting and colorization are an option of the samplers, ``constraint=`` a
 ``constraints.Replacement`` (known coordinates re-imposed after every step, optionally with
 RePaint resampling): pc, ald, langevin, edm, consistency, dpm_solver, ddim, exponential, ode with
 solver="heun" and adaptive (on accepted steps) take it; the adaptive ODE solvers reject it.
+``constraints.Posterior`` adds posterior guidance of the score, built from the same traced arrays.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ from score_jax.sampling.langevin import ALD_METHOD, LANGEVIN_METHOD
 from score_jax.sampling.ode import ODE_METHOD, SOLVERS
 from score_jax.sampling.options import Method, require as _require
 from score_jax.sampling.pc import PC_METHOD
+from score_jax.sampling import smc as smc_lib
+from score_jax.sampling.smc import SMC_METHOD, SMCResult
 from score_jax.sampling.steps import CORRECTORS, PREDICTORS
 from score_jax.sde import SDE, ScoreFn
 
@@ -76,6 +83,7 @@ METHODS: dict[str, Method] = {
     "ddim": DDIM_METHOD,
     "exponential": EXPONENTIAL_METHOD,
     "consistency": CONSISTENCY_METHOD,
+    "smc": SMC_METHOD,
 }
 
 
@@ -121,6 +129,7 @@ def _check_score_fn(score_fn: ScoreFn, shape: tuple[int, ...]) -> None:
 @functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "method", "options"))
 def _sample_compiled(key, constraint, sde, score_fn, shape, method, options):
   extra = {} if constraint is None else {"constraint": constraint}
+  score_fn = constraints.guide(constraint, score_fn, sde)  # posterior guidance from the traced observation
   return METHODS[method].run(key, sde, score_fn, shape, **dict(options), **extra)
 
 
@@ -128,9 +137,14 @@ def check_constraint(sde: SDE, shape: tuple[int, ...], method: str, opts: Mappin
                      constraint: constraints.Constraint) -> None:
   """Raises ValueError unless ``method`` (with resolved ``opts``) can impose ``constraint``."""
   if constraint is None:
+    _require(method != "smc", "sampling method 'smc' needs the observation: constraint=constraints.Observation(...).")
     return
-  _require(isinstance(constraint, constraints.Replacement),
-           f"constraint must be a sampling.constraints.Replacement or None, got {type(constraint).__name__}.")
+  _require(isinstance(constraint, constraints.Observation),
+           f"constraint must be a sampling.constraints.Replacement, Posterior or Observation, or None, got "
+           f"{type(constraint).__name__}.")
+  _require(method == "smc" or isinstance(constraint, constraints.Replacement),
+           f"constraint: a plain constraints.Observation is for method 'smc'; for {method!r} pass "
+           "constraints.Replacement.of(observation) (or Posterior.of).")
   constraint.check(shape)
   spec = METHODS[method]
   _require(spec.check_constraint is not None,
@@ -165,14 +179,39 @@ def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], 
     shape: the batch shape, batch first.
     method: one of ``METHODS``.
     constraint: None, or known coordinates to impose after every step (inpainting,
-      colorization): a ``constraints.Replacement``; see ``sampling/constraints.py``.  Its
-      arrays are traced, so new values or masks of the same shapes reuse the compiled sampler.
+      colorization): a ``constraints.Replacement``, or a ``constraints.Posterior`` (posterior
+      guidance of the score, with or without replacement); see ``sampling/constraints.py``.
+      Its arrays are traced, so new values or masks of the same shapes reuse the compiled sampler.
     **options: the method's options (see the module docstring).
 
   Returns:
     (samples [shape], nfe): nfe is the number of score evaluations per sample.
   """
   return _sample_compiled(key, constraint, **_static_args(sde, score_fn, shape, method, options, constraint))
+
+
+@functools.partial(jax.jit, static_argnames=("sde", "score_fn", "shape", "options"))
+def _smc_compiled(key, observation, sde, score_fn, shape, options):
+  return smc_lib.smc_run(key, sde, score_fn, shape, **dict(options), constraint=observation)
+
+
+def run_smc(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], observation: constraints.Observation,
+        **options) -> SMCResult:
+  """The SMC conditional sampler of ``sampling/smc.py`` (MCGdiff's potentials), all of it:
+  particles, weights and the ESS trace (``sample(..., method="smc")`` returns one particle per
+  input).  One compiled call; the observation is traced (a new one of the same shapes reuses it).
+
+  Args:
+    key, sde, score_fn: as for ``sample`` (score_fn may be any transform: CFG, guidance, ...).
+    shape: [B, ...], B inputs (each with its own row of the observation).
+    observation: ``constraints.Observation`` (or a ``Replacement`` with resample = 1).
+    **options: particles (K), num_steps, ess_threshold, guidance_scale, data_variance.
+
+  Returns:
+    ``SMCResult(samples [B, ...], particles [B, K, ...], log_weights [B, K], ess [num_steps, B])``.
+  """
+  static = _static_args(sde, score_fn, shape, "smc", options, observation)
+  return _smc_compiled(key, observation, static["sde"], static["score_fn"], static["shape"], static["options"])
 
 
 def lower(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], method: str = "pc", *,
@@ -182,4 +221,4 @@ def lower(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape: tuple[int, ...], m
   return _sample_compiled.lower(key, constraint, **_static_args(sde, score_fn, shape, method, options, constraint))
 
 
-__all__ = ["sample", "lower", "constraints", "check_constraint", "resolve_options", "Method", "METHODS", "PREDICTORS", "CORRECTORS", "SOLVERS", "steps"]
+__all__ = ["sample", "run_smc", "smc_lib", "SMCResult", "lower", "constraints", "check_constraint", "resolve_options", "Method", "METHODS", "PREDICTORS", "CORRECTORS", "SOLVERS", "steps"]

@@ -22,6 +22,12 @@ Resampling (Lugmayr et al. 2022, "RePaint", Algorithm 1): each step t → t' < t
 x(t) = a x(t') + √q z of ``sde.transition_coeffs(t', t)``, which lets the unknown coordinates
 absorb the information the replaced ones carry.  NFE grows by the factor ``resample``.
 
+The observation.  ``Observation(values, mask, basis)`` is what is known; ``Replacement`` (with
+RePaint's ``resample``), ``Posterior`` (posterior guidance of the score built inside the
+compiled sampler, with or without replacement) and ``sampling.run_smc`` (method "smc") all take it, checked once
+(``check_observation``: values of the samples' shape, a binary mask, an orthogonal basis).
+Its arrays are pytree children: a new image of the same shapes reuses the compiled sampler.
+
 Noise.  The replacement noise of sample i comes from ``fold_in(fold_in(key_i, SALT), n)`` with
 n a per-call counter, a stream apart from the sampler's own noise (RePaint's jump-back noise
 from SALT + 1), so a constrained run draws the same sampler noise as an unconstrained one
@@ -65,7 +71,76 @@ def color_matrix() -> np.ndarray:
 
 
 @jax.tree_util.register_pytree_node_class
-class Replacement:
+class Observation:
+  """What is known of each sample: y_Ω = A x(0) for a linear A, as values, a mask and a basis —
+  the one object every conditional method takes (``Replacement``, RePaint through its
+  ``resample``, ``Posterior`` guidance, ``sampling.smc``).  Its arrays are pytree children, so
+  they are traced: a new observation of the same shapes reuses a compiled sampler.
+
+  Args:
+    values: y [B, ...] (x's shape); unknown coordinates ignored.  With ``basis``, values in data
+      space (a gray image as three equal channels); the known part is taken in the decoupled basis.
+    mask: broadcasting to x's shape: 1 where a coordinate of u = x @ basis (or of x) is known,
+      0 where it is sampled.  Must be 0 or 1 (checked where concrete).
+    basis: None, or an orthogonal [C, C] matrix M on the last axis (``color_matrix()``).
+  """
+
+  def __init__(self, values: Array, mask: Array, basis: Optional[Array] = None):
+    self.values = values
+    self.mask = mask
+    self.basis = basis
+
+  def tree_flatten(self):
+    return (self.values, self.mask, self.basis), None
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del aux
+    return cls(*children)
+
+  def decouple(self, x: Array) -> Array:
+    """u = x @ M on the last axis (the identity without a basis)."""
+    return x if self.basis is None else x @ jnp.asarray(self.basis, x.dtype)
+
+  def couple(self, u: Array) -> Array:
+    """x = u @ Mᵀ, the inverse of ``decouple``."""
+    return u if self.basis is None else u @ jnp.asarray(self.basis, u.dtype).T
+
+  def check(self, shape: tuple[int, ...]) -> None:
+    """Raises ValueError (naming the field) unless the observation fits samples of ``shape``."""
+    check_observation(self, shape)
+
+
+def check_observation(obs, shape: tuple[int, ...]) -> None:
+  """The checks of ``Observation.check``: values of the samples' shape, a binary mask that
+  broadcasts to it, an orthogonal [C, C] basis (the last two where concrete)."""
+  vshape = tuple(np.shape(obs.values))
+  if vshape != tuple(shape):
+    raise ValueError(f"constraint values must have the samples' shape {tuple(shape)}, got {vshape}.")
+  mshape = tuple(np.shape(obs.mask))
+  try:
+    out = np.broadcast_shapes(mshape, tuple(shape))
+  except ValueError:
+    out = None
+  if out != tuple(shape):
+    raise ValueError(f"constraint mask of shape {mshape} does not broadcast to the samples' shape {tuple(shape)}.")
+  if not isinstance(obs.mask, jax.core.Tracer):
+    m = np.asarray(obs.mask)
+    if not np.all((m == 0) | (m == 1)):
+      raise ValueError("constraint mask must hold only 0 (sampled) and 1 (known).")
+  if obs.basis is not None:
+    c = shape[-1]
+    bshape = tuple(np.shape(obs.basis))
+    if bshape != (c, c):
+      raise ValueError(f"constraint basis must be a [C, C] = [{c}, {c}] matrix on the channel axis, got {bshape}.")
+    if not isinstance(obs.basis, jax.core.Tracer):
+      b = np.asarray(obs.basis, np.float64)
+      if not np.allclose(b @ b.T, np.eye(c), atol=1e-5):
+        raise ValueError("constraint basis must be orthogonal (M Mᵀ = I): the SDE commutes only with rotations.")
+
+
+@jax.tree_util.register_pytree_node_class
+class Replacement(Observation):
   """Known coordinates of x(0), re-imposed after every sampler step.
 
   Args:
@@ -80,10 +155,17 @@ class Replacement:
   """
 
   def __init__(self, values: Array, mask: Array, basis: Optional[Array] = None, resample: int = 1):
-    self.values = values
-    self.mask = mask
-    self.basis = basis
+    super().__init__(values, mask, basis)
     self.resample = resample
+
+  @classmethod
+  def of(cls, observation: Observation, resample: int = 1) -> "Replacement":
+    """Replacement (RePaint with ``resample`` > 1) of ``observation``'s known coordinates."""
+    return cls(observation.values, observation.mask, observation.basis, resample)
+
+  @property
+  def observation(self) -> Observation:
+    return Observation(self.values, self.mask, self.basis)
 
   def tree_flatten(self):
     return (self.values, self.mask, self.basis), self.resample
@@ -93,40 +175,9 @@ class Replacement:
     values, mask, basis = children
     return cls(values, mask, basis, resample)
 
-  # --- the decoupled basis ----------------------------------------------------------
-  def decouple(self, x: Array) -> Array:
-    """u = x @ M on the last axis (the identity without a basis)."""
-    return x if self.basis is None else x @ jnp.asarray(self.basis, x.dtype)
-
-  def couple(self, u: Array) -> Array:
-    """x = u @ Mᵀ, the inverse of ``decouple``."""
-    return u if self.basis is None else u @ jnp.asarray(self.basis, u.dtype).T
-
   def check(self, shape: tuple[int, ...]) -> None:
     """Raises ValueError (naming the field) unless the constraint fits samples of ``shape``."""
-    vshape = tuple(np.shape(self.values))
-    if vshape != tuple(shape):
-      raise ValueError(f"constraint values must have the samples' shape {tuple(shape)}, got {vshape}.")
-    mshape = tuple(np.shape(self.mask))
-    try:
-      out = np.broadcast_shapes(mshape, tuple(shape))
-    except ValueError:
-      out = None
-    if out != tuple(shape):
-      raise ValueError(f"constraint mask of shape {mshape} does not broadcast to the samples' shape {tuple(shape)}.")
-    if not isinstance(self.mask, jax.core.Tracer):
-      m = np.asarray(self.mask)
-      if not np.all((m == 0) | (m == 1)):
-        raise ValueError("constraint mask must hold only 0 (sampled) and 1 (known).")
-    if self.basis is not None:
-      c = shape[-1]
-      bshape = tuple(np.shape(self.basis))
-      if bshape != (c, c):
-        raise ValueError(f"constraint basis must be a [C, C] = [{c}, {c}] matrix on the channel axis, got {bshape}.")
-      if not isinstance(self.basis, jax.core.Tracer):
-        b = np.asarray(self.basis, np.float64)
-        if not np.allclose(b @ b.T, np.eye(c), atol=1e-5):
-          raise ValueError("constraint basis must be orthogonal (M Mᵀ = I): the SDE commutes only with rotations.")
+    check_observation(self, shape)
     r = self.resample
     if not (isinstance(r, int) and not isinstance(r, bool) and r >= 1):
       raise ValueError(f"constraint resample={r!r} must be an integer >= 1 (1: plain replacement).")
@@ -162,7 +213,72 @@ class Replacement:
     return out
 
 
+@jax.tree_util.register_pytree_node_class
+class Posterior(Replacement):
+  """Posterior guidance of the score by an observation (``guidance.posterior_guidance``: ΠGDM /
+  DPS with the isotropic or the Tweedie covariance), optionally with replacement.
+
+  Given to ``sampling.sample(..., constraint=Posterior(...))`` the guided score is built inside
+  the compiled sampler from the traced values, mask and basis, so a new observation of the same
+  shapes reuses the compiled sampler (``guidance.posterior_guidance`` on its own closes over
+  its arrays: a new closure, a new compilation).
+
+  Args:
+    values, mask, basis: the observation (see ``Observation``).
+    resample: RePaint repetitions of the replacement (with ``replace``).
+    covariance, data_variance, scale: those of ``guidance.posterior_guidance``.
+    replace: also re-impose the known coordinates after every step (and exactly at the end).
+  """
+
+  def __init__(self, values: Array, mask: Array, basis: Optional[Array] = None, resample: int = 1, *,
+               covariance: str = "isotropic", data_variance: float = 1.0, scale: float = 1.0, replace: bool = True):
+    super().__init__(values, mask, basis, resample)
+    self.covariance, self.data_variance, self.scale, self.replace = covariance, data_variance, scale, replace
+
+  @classmethod
+  def of(cls, observation: Observation, resample: int = 1, **kwargs) -> "Posterior":
+    return cls(observation.values, observation.mask, observation.basis, resample, **kwargs)
+
+  def tree_flatten(self):
+    return (self.values, self.mask, self.basis), (self.resample, self.covariance, self.data_variance, self.scale,
+                                                  self.replace)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    resample, covariance, data_variance, scale, replace = aux
+    return cls(*children, resample, covariance=covariance, data_variance=data_variance, scale=scale, replace=replace)
+
+  def check(self, shape: tuple[int, ...]) -> None:
+    super().check(shape)
+    from score_jax import guidance  # pylint: disable=g-import-not-at-top  (guidance imports sampling)
+    guidance.check_posterior_options(self.covariance, self.data_variance, self.scale)
+    if not isinstance(self.replace, bool):
+      raise ValueError(f"constraint replace={self.replace!r} must be True or False.")
+    if not self.replace and self.resample != 1:
+      raise ValueError(f"constraint resample={self.resample} repeats replacement steps; it needs replace=True.")
+
+  def guide(self, score_fn, sde: SDE):
+    """The guided score of ``score_fn`` (called inside the compiled sampler, arrays traced)."""
+    from score_jax import guidance  # pylint: disable=g-import-not-at-top
+    return guidance.posterior_guidance(score_fn, sde, self.values, self.mask, basis=self.basis,
+                                       covariance=self.covariance, data_variance=self.data_variance, scale=self.scale)
+
+  def project(self, sde: SDE, x: Array, t: Array, z: Array) -> Array:
+    return super().project(sde, x, t, z) if self.replace else x
+
+  def project_noise_level(self, y: Array, sigma: Array, z: Array) -> Array:
+    return super().project_noise_level(y, sigma, z) if self.replace else y
+
+  def finalize(self, x: Array) -> Array:
+    return super().finalize(x) if self.replace else x
+
+
 Constraint = Optional[Replacement]
+
+
+def guide(constraint: Constraint, score_fn, sde: SDE):
+  """The score the sampler follows under ``constraint``: ``score_fn``, or its guided version."""
+  return constraint.guide(score_fn, sde) if hasattr(constraint, "guide") else score_fn
 
 
 def noise(keys: jax.Array, shape: tuple[int, ...], count: Array, stream: int = 0) -> Array:
