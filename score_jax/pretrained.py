@@ -26,6 +26,9 @@ Two source formats, read without TensorFlow and without torch:
   naming it, its value and what score_jax would compute instead.  No ``--config`` is needed:
   ``export`` then writes ``<out>/config.py`` for ``main.py --config=``.
 
+EDM's network pickles (NVlabs/edm) are read, not yet converted: ``read_edm_pickle`` rebuilds a
+snapshot as ``EDMObject`` data without running the code it carries (see its section below).
+
 Either way the result is checked against the score_jax network: the first array that is
 missing, left over or of another shape is named in a one-line ``PretrainedMismatch`` (a
 ValueError).
@@ -48,7 +51,9 @@ refusal is one line on stderr, exit status 2)::
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -199,6 +204,167 @@ def read_torch_bin(path: str) -> dict[str, np.ndarray]:
     with archive.open(pkl[0]) as f:
       state = _TorchUnpickler(f, archive, prefix).load()
   return {str(k): np.asarray(v) for k, v in state.items()}
+
+
+# ---- EDM's network pickles (NVlabs/edm), read without executing them -----------------------------
+#
+# An EDM snapshot (``network-snapshot-*.pkl``, ``edm-*.pkl``) is a plain pickle of
+# dict(ema=<network>, loss_fn=..., augment_pipe=..., dataset_kwargs=...).  Every network class
+# there is "persistent" (EDM's torch_utils/persistence.py): it pickles as
+# ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` with meta = {type, version,
+# module_src (the class's source code), class_name, state (the module's __dict__)}, which EDM's
+# own loader executes.  This reader never does: a persistent object becomes an ``EDMObject``
+# holding its class name, constructor arguments and the arrays of its state; tensors arrive as
+# ``torch.storage._load_from_bytes`` of a legacy ``torch.save`` blob, parsed here.  Any class
+# outside ``_EDM_GLOBALS`` is refused in one line and nothing is imported.
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+@dataclasses.dataclass
+class EDMObject:
+  """One persistent object of an EDM pickle, rebuilt as data.
+
+  Attributes:
+    class_name: EDM's class (e.g. "EDMPrecond", "SongUNet", "UNetBlock").
+    init_kwargs: its constructor's keyword arguments.
+    parameters, buffers: name -> numpy array.
+    modules: name -> EDMObject or ``EDMContainer`` (the sub-modules).
+  """
+
+  class_name: str
+  init_kwargs: dict[str, Any]
+  parameters: dict[str, np.ndarray]
+  buffers: dict[str, np.ndarray]
+  modules: dict[str, Any]
+
+
+class EDMContainer:
+  """A ``torch.nn.ModuleDict`` / ``ModuleList`` of an EDM pickle: only its sub-modules are kept."""
+
+  def __init__(self, *_: Any) -> None:
+    self.modules: dict[str, Any] = {}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.modules = dict(state.get("_modules", {}))
+
+
+def _edm_object(meta: dict[str, Any]) -> EDMObject:
+  """``_reconstruct_persistent_obj`` without running ``meta["module_src"]``."""
+  if meta.get("type") != "class" or not isinstance(meta.get("class_name"), str):
+    raise pickle.UnpicklingError(f"unknown persistent object {meta.get('type')!r}")
+  state = meta.get("state") or {}
+  return EDMObject(class_name=meta["class_name"], init_kwargs=dict(state.get("_init_kwargs") or {}),
+                   parameters={k: v for k, v in (state.get("_parameters") or {}).items() if v is not None},
+                   buffers={k: v for k, v in (state.get("_buffers") or {}).items() if v is not None},
+                   modules=dict(state.get("_modules") or {}))
+
+
+def _legacy_storage(blob: bytes) -> np.ndarray:
+  """``torch.storage._load_from_bytes``: one storage in torch's legacy (non-zip) save format."""
+  f = io.BytesIO(blob)
+  storages: dict[str, tuple[Any, int]] = {}
+
+  class Header(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+      raise pickle.UnpicklingError(f"refusing {module}.{name} in a storage header")
+
+  class Body(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+      if module == "torch" and name in _TORCH_STORAGES:
+        return name
+      raise pickle.UnpicklingError(f"refusing {module}.{name}: a storage holds only numbers")
+
+    def persistent_load(self, pid: Any) -> str:
+      kind, storage_type, key = pid[:3]
+      if kind != "storage" or storage_type not in _TORCH_STORAGES:
+        raise pickle.UnpicklingError(f"unknown persistent id {pid[:2]!r}")
+      storages[key] = (storage_type, int(pid[4]))
+      return key
+
+  if Header(f).load() != _LEGACY_MAGIC:
+    raise pickle.UnpicklingError("a tensor storage that is not in torch's save format")
+  Header(f).load()  # protocol version
+  info = Header(f).load()
+  if not info.get("little_endian", True):
+    raise pickle.UnpicklingError("big-endian tensors are not supported")
+  key = Body(f).load()
+  for k in Header(f).load():
+    storage_type, numel = storages[k]
+    dtype = _TORCH_STORAGES[storage_type]
+    if dtype == "bfloat16":
+      import ml_dtypes  # pylint: disable=g-import-not-at-top  (jax's dependency)
+      dtype = ml_dtypes.bfloat16
+    dtype = np.dtype(dtype).newbyteorder("<")
+    count = int.from_bytes(f.read(8), "little")
+    if count != numel:
+      raise pickle.UnpicklingError(f"storage {k}: {count} elements, the header says {numel}")
+    storages[k] = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype, count=count)
+  return storages[key]
+
+
+def _easy_dict(*args: Any) -> dict:
+  return dict(*args)
+
+
+def _np_scalar(dtype: np.dtype, data: bytes = b"") -> Any:
+  """numpy's pickled scalars (``numpy.core.multiarray.scalar``): a value of ``dtype`` from its bytes."""
+  if dtype.hasobject:
+    raise pickle.UnpicklingError("refusing a numpy object scalar")
+  return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+_EDM_GLOBALS = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _edm_object,
+    ("torch.nn.modules.container", "ModuleDict"): EDMContainer,
+    ("torch.nn.modules.container", "ModuleList"): EDMContainer,
+    ("torch.storage", "_load_from_bytes"): _legacy_storage,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): lambda data, requires_grad, hooks, *rest: data,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("dnnlib.util", "EasyDict"): _easy_dict,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
+}
+
+
+class _EDMUnpickler(pickle.Unpickler):
+  def find_class(self, module: str, name: str) -> Any:
+    try:
+      return _EDM_GLOBALS[(module, name)]
+    except KeyError:
+      raise PretrainedMismatch(
+          f"the pickle names {module}.{name}, which the EDM reader does not rebuild (it runs no code from the "
+          f"file; it knows {', '.join(sorted(f'{m}.{n}' for m, n in _EDM_GLOBALS))}).") from None
+
+
+def read_edm_pickle(path: str) -> dict[str, Any]:
+  """An EDM snapshot's top-level dict, its networks as ``EDMObject`` trees; nothing is executed.
+
+  Raises:
+    PretrainedMismatch: the pickle names a class outside the reader's list (one line).
+  """
+  with open(path, "rb") as f:
+    try:
+      data = _EDMUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+      raise PretrainedMismatch(f"{path}: not an EDM network pickle ({e}).") from None
+  if not isinstance(data, dict) or not isinstance(data.get("ema"), EDMObject):
+    raise PretrainedMismatch(f"{path}: no 'ema' network (EDM's snapshots hold dict(ema=<network>, ...)).")
+  return data
+
+
+def edm_state_dict(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
+  """The arrays of an ``EDMObject`` tree under torch's ``state_dict`` names ("model.enc.8x8_conv.weight")."""
+  out: dict[str, np.ndarray] = {}
+  if isinstance(obj, EDMObject):
+    for name, value in (*obj.parameters.items(), *obj.buffers.items()):
+      out[prefix + name] = np.asarray(value)
+  for name, child in obj.modules.items():
+    if child is not None:
+      out.update(edm_state_dict(child, f"{prefix}{name}."))
+  return out
 
 
 def read_diffusers_config(folder: str) -> dict[str, Any]:

@@ -14,9 +14,11 @@ import gzip
 import importlib
 import json
 import pathlib
+import pickle
 import re
 import shutil
 import sys
+import types
 from typing import Any
 
 import flax.serialization
@@ -524,3 +526,69 @@ def test_written_config_takes_the_scheduler_beside_the_folder(tmp_path):
   assert config.model.pretrained == str(path.parent)
   net = models.get_model("ncsnpp", **config.model.network.to_dict(), image_size=8)
   assert net.group_counts == model.group_counts and net.ch_mult == (1, 2, 2, 4)
+
+
+# ---- EDM's network pickles: read as data, never executed ---------------------------------------------
+
+
+def _edm_pickle(tmp_path, case: str) -> str:
+  path = tmp_path / f"{case}.pkl"
+  path.write_bytes(gzip.decompress((FIXTURES / "edm" / f"{case}.pkl.gz").read_bytes()))
+  return str(path)
+
+
+@pytest.mark.parametrize("case", ["vp_ddpmpp_uncond", "ve_ncsnpp_cond"])
+def test_edm_pickle_reads_every_array_and_the_constructor_arguments(case, tmp_path):
+  """EDM's own pickles (tools/edm_fixtures.py): the network's class, its constructor arguments and
+  every state_dict array, bit for bit (SHA-256 of the float32 bytes), with no code of the file run."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  want = json.loads((FIXTURES / "edm" / f"{case}.json").read_text())
+  data = pretrained.read_edm_pickle(_edm_pickle(tmp_path, case))
+  net = data["ema"]
+  assert net.class_name == want["class_name"] and net.modules["model"].class_name == want["model_class"]
+  assert {k: v for k, v in net.init_kwargs.items() if not isinstance(v, dict)} == want["init_kwargs"]
+  assert data["dataset_kwargs"]["resolution"] == 8
+  state = pretrained.edm_state_dict(net)
+  assert sorted(state) == sorted(want["state"])
+  for name, (shape, digest) in want["state"].items():
+    array = np.ascontiguousarray(state[name], np.float32)
+    assert list(array.shape) == shape, name
+    assert hashlib.sha256(array.tobytes()).hexdigest() == digest, name
+  assert "model.enc.8x8_conv.weight" in state and state["model.enc.8x8_conv.weight"].shape == (8, 3, 3, 3)
+
+
+def test_edm_reader_refuses_other_classes_and_runs_no_code(tmp_path):
+  """A pickle naming a class outside the reader's list is one line naming it, and nothing runs: not
+  a global's call (os.system), not a persistent object's source code."""
+  marker = tmp_path / "ran"
+  evil = tmp_path / "evil.pkl"
+  evil.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+  with pytest.raises(pretrained.PretrainedMismatch, match=r"names os\.system, which the EDM reader") as e:
+    pretrained.read_edm_pickle(str(evil))
+  one_line(e)
+  # A persistent object whose source would create the marker: read as data only.
+  source = f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nclass Net: pass\n"
+  meta = dict(type="class", version=6, module_src=source, class_name="Net",
+              state=dict(_init_kwargs={"width": 4}, _parameters={}, _buffers={}, _modules={}))
+
+  class Persistent:
+    def __reduce__(self):
+      return (_reconstruct_persistent_obj, (meta,))
+
+  # Pickled by reference as EDM's persistence module would be (a stand-in module, removed after).
+  fake = types.ModuleType("torch_utils.persistence")
+  _reconstruct_persistent_obj = lambda meta: None  # noqa: E731  (only pickled by reference)
+  _reconstruct_persistent_obj.__module__, _reconstruct_persistent_obj.__qualname__ = fake.__name__, "_reconstruct_persistent_obj"
+  fake._reconstruct_persistent_obj = _reconstruct_persistent_obj
+  added = [name for name in ("torch_utils", "torch_utils.persistence") if name not in sys.modules]
+  sys.modules.setdefault("torch_utils", types.ModuleType("torch_utils"))
+  sys.modules["torch_utils.persistence"] = fake
+  try:
+    blob = pickle.dumps(dict(ema=Persistent()))
+  finally:
+    for name in added:
+      del sys.modules[name]
+  (tmp_path / "source.pkl").write_bytes(blob)
+  data = pretrained.read_edm_pickle(str(tmp_path / "source.pkl"))
+  assert data["ema"].class_name == "Net" and data["ema"].init_kwargs == {"width": 4}
+  assert not marker.exists()
